@@ -1,0 +1,146 @@
+"""``oneshot``: search, evaluate, and list what is available.
+
+Every user mistake ends with one line on stderr that names the fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage dump
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def parse_assignments(items: list[str], what: str) -> dict:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON where they are JSON)."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what} {item!r} must look like name=value")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="oneshot", description="One-shot neural architecture search in PyTorch.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = commands.add_parser("search", help="run an architecture search and write a run folder")
+    s.add_argument("--space", default="nb201", help="search space (see 'oneshot spaces')")
+    s.add_argument("--space-option", action="append", metavar="NAME=VALUE", help="e.g. ops=5 (NB201 with 'none')")
+    s.add_argument("--strategy", default="advantage", help="search strategy (see 'oneshot strategies')")
+    s.add_argument("--hp", action="append", metavar="NAME=VALUE", help="strategy hyper-parameter, e.g. baseline=true")
+    s.add_argument("--preset", default="cpu", help="smoke (seconds), cpu (about 5 min on 2 cores), paper (GPU)")
+    s.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a preset setting, e.g. epochs=20")
+    s.add_argument("--data", help="CIFAR-10: image-folder tree, its .tar.gz, or cifar-10-batches-py "
+                                  "(default: download the official archive into the cache)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="run folder (default: runs/SPACE-STRATEGY-PRESET-sSEED)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = commands.add_parser("evaluate", help="look an architecture up in a tabular benchmark")
+    e.add_argument("architecture", nargs="?", help="e.g. '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|...|'")
+    e.add_argument("--space", default="nb201")
+    e.add_argument("--example", action="store_true", help="print the best cell of the table as an example")
+
+    commands.add_parser("strategies", help="list the search strategies")
+    commands.add_parser("spaces", help="list the search spaces")
+    return parser
+
+
+def cmd_search(args) -> int:
+    from .config import preset
+    from .data import load_cifar10
+    from .runs import RunFolder
+    from .spaces import create_space
+    from .strategies import create
+    from .trainer import Search, resolve_device
+
+    config = preset(args.preset, space=args.space, strategy=args.strategy, seed=args.seed,
+                    space_options=parse_assignments(args.space_option, "--space-option"),
+                    strategy_options=parse_assignments(args.hp, "--hp"),
+                    **parse_assignments(args.set, "--set"))
+    create(config.strategy, create_space(config.space, **config.space_options), **config.strategy_options)
+    device = resolve_device(args.device)
+    out = args.out or f"runs/{config.space}-{config.strategy}-{args.preset}-s{config.seed}"
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    data = load_cifar10(args.data)  # before the folder is touched: bad data must not leave a half-made run
+    folder = RunFolder(out, config.to_dict(), resume=args.resume, overwrite=args.overwrite)
+    search = Search(config, data, device)
+    if folder.resumed_state is not None:
+        search.load_state_dict(folder.resumed_state)
+    result = search.run(folder, progress=not args.quiet)
+    summary = f"{result['architecture']}"
+    if result.get("nb201"):
+        summary += f"  NB201 CIFAR-10 {result['nb201']['cifar10']:.2f}% (rank {result['nb201']['cifar10_rank']})"
+    print(f"{summary}  [{result['search_seconds']:.0f} s]  -> {out}/result.json")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .benchmarks.nb201 import load_table
+    from .spaces import create_space
+
+    if args.space != "nb201":
+        raise UserError(f"no tabular benchmark for space {args.space!r}; 'evaluate' knows nb201")
+    table = load_table()
+    if args.example or not args.architecture:
+        if not args.example:
+            raise UserError("give an architecture string, or --example to print one")
+        print(table.best()[0])
+        return 0
+    space = create_space("nb201", ops=5)  # the table covers the 5-op space, 'none' included
+    arch_string = space.to_string(space.from_string(args.architecture))
+    r = table.lookup(arch_string)
+    print(arch_string)
+    for name in ("cifar10", "cifar100", "imagenet16"):
+        print(f"  {name:<11} {r[name]:6.2f} %   rank {r[f'{name}_rank']:>5} / {len(table.strings)}")
+    if r["isomorphs"] > 1:
+        print(f"  ({r['isomorphs']} cells of the table compute the same function as this one)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.command == "strategies":
+        from .strategies import available
+
+        items = available()
+    else:
+        from .spaces import SPACES
+
+        items = {name: desc for name, (_, desc) in SPACES.items()}
+    width = max(map(len, items))
+    for name, desc in items.items():
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"search": cmd_search, "evaluate": cmd_evaluate}.get(args.command, cmd_list)
+        return handler(args)
+    except UserError as e:
+        print(f"oneshot: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oneshot: interrupted; continue the run with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

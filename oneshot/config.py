@@ -1,0 +1,71 @@
+"""Search configuration and its presets.
+
+``paper`` is the AdvantageNAS NB201 protocol (spec advantagenas.md §3) for a GPU. ``cpu`` is a documented
+reduction that finishes in about 5 minutes on a 2-core CPU: the same schedules, optimisers and alternation,
+on a narrower and shallower network (C=8, one cell per stage), 5,000 + 5,000 images and 12 epochs (6 warm-up).
+``smoke`` only proves that everything runs end to end (well under a minute).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+
+@dataclass
+class SearchConfig:
+    space: str = "nb201"
+    space_options: dict = field(default_factory=dict)  # e.g. {"ops": 5} for NB201 with 'none'
+    strategy: str = "advantage"
+    strategy_options: dict = field(default_factory=dict)  # hyper-parameters passed to strategies.create
+    seed: int = 0
+    # supernet
+    channels: int = 16
+    cells_per_stage: int = 5
+    op_style: str = "advantage"
+    # data: first n_weight (shuffled) training images train the weights, the last n_arch train θ
+    n_weight: int = 25_000
+    n_arch: int = 25_000
+    batch_size: int = 64
+    augment: bool = True
+    # schedule: warm-up epochs train weights only; afterwards one arch step precedes every weight step
+    epochs: int = 90
+    warmup_epochs: int = 50
+    # weights: Nesterov SGD, cosine lr per integer epoch, coupled L2 then global-norm clipping
+    w_lr: float = 0.1
+    w_momentum: float = 0.9
+    w_weight_decay: float = 5e-4
+    w_grad_clip: float = 1.0
+    # θ: Adam with cosine lr over the search epochs (the strategy owns betas, coupled L2 and clipping)
+    a_lr: float = 3e-4
+    # bookkeeping
+    log_every: int = 70          # iterations between logged argmax architectures
+    checkpoint_every: int = 500  # iterations between checkpoints (also at every epoch end)
+    eval_batches: int = 10       # val batches (of 256) per child when a strategy derives by validation
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "SearchConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UserError(f"unknown setting(s) {sorted(unknown)}; valid: "
+                            f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "cpu": dict(channels=8, cells_per_stage=1, n_weight=5_000, n_arch=5_000, epochs=12, warmup_epochs=6,
+                log_every=10, checkpoint_every=200),
+    "smoke": dict(channels=4, cells_per_stage=1, n_weight=512, n_arch=512, epochs=2, warmup_epochs=1,
+                  log_every=4, checkpoint_every=8, eval_batches=2),
+}
+
+
+def preset(name: str, **changes) -> SearchConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return SearchConfig().replace(**PRESETS[name]).replace(**changes)

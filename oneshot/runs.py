@@ -1,0 +1,112 @@
+"""A run folder: config.json, log.jsonl, checkpoint.pt, result.json and a plot, written so that no work is lost.
+
+Checkpoints and results are written to a temporary file and renamed, so a kill leaves either the old or the
+new file, never half of one. A folder that already holds a run is refused unless the user says ``--resume``
+(continue it) or ``--overwrite`` (start again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+def atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike, config: dict, resume: bool = False, overwrite: bool = False):
+        self.path = Path(path)
+        self.config = config
+        self.resumed_state: dict | None = None
+        existing = self.path.exists() and any(self.path.iterdir())
+        if resume:
+            self._open_for_resume()
+        elif existing and not overwrite:
+            raise UserError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
+                            "replace it, or choose another --out")
+        else:
+            if existing:
+                for name in ("config.json", "log.jsonl", "checkpoint.pt", "result.json", "search.png"):
+                    (self.path / name).unlink(missing_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.path / "config.json", lambda h: h.write(json.dumps(config, indent=2).encode()))
+            except OSError as e:
+                raise UserError(f"cannot write the run folder {self.path} ({e.strerror}); choose another --out") from None
+
+    def _open_for_resume(self) -> None:
+        checkpoint = self.path / "checkpoint.pt"
+        if not checkpoint.exists():
+            raise UserError(f"nothing to resume in {self.path} (no checkpoint.pt); drop --resume to start a new run")
+        try:
+            saved = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{self.path}/config.json is missing or corrupt; cannot resume, start a new run "
+                            "with --overwrite") from None
+        if saved != self.config:
+            diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+            raise UserError(f"--resume with different settings than the run in {self.path} ({', '.join(diff)}); "
+                            "use the original settings or start a new run with another --out")
+        try:
+            self.resumed_state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unpickling/zip error means the file is unusable
+            raise UserError(f"{checkpoint} is corrupt ({type(e).__name__}); delete it and start again "
+                            "with --overwrite") from None
+        # Drop log lines written after the checkpoint: the resumed run writes them again.
+        log = self.path / "log.jsonl"
+        if log.exists():
+            step = self.resumed_state["step"]
+            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            atomic_write(log, lambda h: h.write("".join(line + "\n" for line in kept).encode()))
+
+    def log(self, record: dict) -> None:
+        with open(self.path / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, state: dict, step: int) -> None:
+        atomic_write(self.path / "checkpoint.pt", lambda h: torch.save(state, h))
+
+    def write_result(self, result: dict) -> None:
+        atomic_write(self.path / "result.json", lambda h: h.write(json.dumps(result, indent=2).encode()))
+        self.plot()
+
+    def records(self) -> list[dict]:
+        log = self.path / "log.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.records()
+        if not records:
+            return
+        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+        steps = [r["step"] for r in records if "nb201_cifar10" in r]
+        if steps:
+            ax_acc.plot(steps, [r["nb201_cifar10"] for r in records if "nb201_cifar10" in r])
+        ax_acc.set(xlabel="iteration", ylabel="NB201 CIFAR-10 test acc. (%) of argmax", title="architecture")
+        ax_loss.plot([r["step"] for r in records], [r["weight_loss"] for r in records], label="weight (train)")
+        arch = [(r["step"], r["arch_loss"]) for r in records if "arch_loss" in r]
+        if arch:
+            ax_loss.plot(*zip(*arch), label="arch (val)")
+        ax_loss.set(xlabel="iteration", ylabel="cross-entropy", title="supernet loss")
+        ax_loss.legend()
+        fig.tight_layout()
+        fig.savefig(self.path / "search.png", dpi=100)
+        plt.close(fig)

@@ -1,0 +1,204 @@
+"""NAS-Bench-201: a 4-node cell with 6 edges, one operation per edge, stacked into a 3-stage network.
+
+The macro network follows the AdvantageNAS code (spec advantagenas.md §3, pitfall 2), which differs from the
+NB201 benchmark's own training network in small ways; ``op_style="nb201"`` switches to the benchmark's ops.
+
+- ``op_style="advantage"`` (default, matches the reported numbers): conv ops are Conv(bias) -> BN(affine=False)
+  (the official code computes a ReLU and discards it), avg-pool counts padding.
+- ``op_style="nb201"``: ReLU -> Conv(no bias) -> BN(affine), avg-pool excludes padding.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..supernet import MixedOp
+from .base import Architecture, Categorical, SearchSpace
+
+OPS_4 = ("skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+OPS_5 = ("none",) + OPS_4
+# (target node, source node) of each edge, in the order of the NB201 string.
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+_NODE_RE = re.compile(r"^\|([^|]+(?:\|[^|]+)*)\|$")
+
+
+class NB201Space(SearchSpace):
+    name = "nb201"
+
+    def __init__(self, ops: Sequence[str] = OPS_4, per_edge: Sequence[Sequence[str]] | None = None):
+        per_edge = per_edge or [ops] * len(EDGES)
+        for choices in per_edge:
+            for op in choices:
+                if op not in OPS_5:
+                    raise UserError(f"nb201: unknown operation {op!r}; choose from {', '.join(OPS_5)}")
+        super().__init__([Categorical(f"edge{t}{s}", tuple(c)) for (t, s), c in zip(EDGES, per_edge)])
+
+    def _rebuild(self, decisions):
+        return NB201Space(per_edge=[d.choices for d in decisions])
+
+    def build_supernet(self, **config) -> "NB201Network":
+        return NB201Network([d.choices for d in self.decisions], **config)
+
+    def build_child(self, arch: Sequence[int], **config) -> "NB201Network":
+        return NB201Network([[op] for op in self.op_names(arch)], **config)
+
+    def benchmark(self, arch: Sequence[int]) -> dict:
+        """NB201 test accuracies and ranks of a cell (the tabular evaluator)."""
+        from ..benchmarks.nb201 import lookup
+
+        return lookup(self.to_string(arch))
+
+    def op_names(self, arch: Sequence[int]) -> list[str]:
+        return [d.choices[v] for d, v in zip(self.decisions, self.check(arch))]
+
+    def to_string(self, arch: Sequence[int]) -> str:
+        names = self.op_names(arch)
+        nodes = []
+        for target in (1, 2, 3):
+            nodes.append("|" + "|".join(f"{names[i]}~{s}" for i, (t, s) in enumerate(EDGES) if t == target) + "|")
+        return "+".join(nodes)
+
+    def from_string(self, text: str) -> Architecture:
+        example = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+        text = text.strip()
+        nodes = text.split("+")
+        if len(nodes) != 3 or not all(_NODE_RE.match(n) for n in nodes):
+            raise UserError(f"nb201: {text!r} is not an NB201 architecture string; expected 3 nodes like {example}")
+        arch = []
+        for target, node in zip((1, 2, 3), nodes):
+            items = node.strip("|").split("|")
+            if len(items) != target:
+                raise UserError(f"nb201: node {target} of {text!r} needs {target} inputs, got {len(items)}; "
+                                f"expected e.g. {example}")
+            for source, item in enumerate(items):
+                op, _, src = item.partition("~")
+                if src != str(source):
+                    raise UserError(f"nb201: {item!r} in {text!r} should read '{op}~{source}' (inputs in order)")
+                decision = self.decisions[EDGES.index((target, source))]
+                if op not in decision.choices:
+                    raise UserError(f"nb201: {op!r} is not a choice on edge {source}->{target}; "
+                                    f"choose from {', '.join(decision.choices)}")
+                arch.append(decision.choices.index(op))
+        # Parsing went node by node; EDGES is in the same order, so arch already lines up.
+        return tuple(arch)
+
+
+# --- operations ------------------------------------------------------------------------------------
+class Zero(nn.Module):
+    def forward(self, x):
+        return x.mul(0.0)
+
+
+class ConvBN(nn.Module):
+    def __init__(self, c: int, k: int, style: str):
+        super().__init__()
+        self.relu = style == "nb201"
+        self.conv = nn.Conv2d(c, c, k, padding=k // 2, bias=not self.relu)
+        self.bn = nn.BatchNorm2d(c, affine=self.relu)
+
+    def forward(self, x):
+        return self.bn(self.conv(F.relu(x) if self.relu else x))
+
+
+def make_op(name: str, c: int, style: str) -> nn.Module:
+    if name == "none":
+        return Zero()
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "nor_conv_1x1":
+        return ConvBN(c, 1, style)
+    if name == "nor_conv_3x3":
+        return ConvBN(c, 3, style)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=style != "nb201")
+    raise UserError(f"nb201: unknown operation {name!r}")
+
+
+# --- network ---------------------------------------------------------------------------------------
+class Cell(nn.Module):
+    def __init__(self, c: int, edge_ops: Sequence[Sequence[str]], style: str):
+        super().__init__()
+        self.edges = nn.ModuleList(MixedOp([make_op(op, c, style) for op in ops]) for ops in edge_ops)
+
+    def forward(self, x, gates, active):
+        nodes = [x]
+        for target in (1, 2, 3):
+            total = None
+            for i, (t, s) in enumerate(EDGES):
+                if t != target:
+                    continue
+                y = self.edges[i](nodes[s], None if gates is None else gates[i], None if active is None else active[i])
+                total = y if total is None else total + y
+            nodes.append(total)
+        return nodes[3]
+
+
+class ResidualReduction(nn.Module):
+    """ReLU-conv3x3 s2-BN-ReLU-conv3x3-BN, shortcut avgpool3 s2 -> conv1x1 (as in the AdvantageNAS code)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = nn.Sequential(nn.AvgPool2d(3, 2, 1), nn.Conv2d(c_in, c_out, 1, bias=False))
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
+class NB201Network(nn.Module):
+    """The NB201 macro network. Each edge holds the ops listed for it in ``edge_ops``.
+
+    The supernet lists every choice of the space on every edge; a stand-alone child lists one op per edge.
+    ``forward(x, gates, active)``: ``gates`` (6, K) is shared by all cells (one architecture for the whole
+    network); ``active`` lists the op indices to run per edge; see ``MixedOp``.
+    """
+
+    def __init__(self, edge_ops: Sequence[Sequence[str]], channels: int = 16, cells_per_stage: int = 5,
+                 num_classes: int = 10, op_style: str = "advantage"):
+        super().__init__()
+        if op_style not in ("advantage", "nb201"):
+            raise UserError(f"nb201: op_style must be 'advantage' or 'nb201', got {op_style!r}")
+        self.edge_ops = [list(ops) for ops in edge_ops]
+        self.config = dict(channels=channels, cells_per_stage=cells_per_stage, num_classes=num_classes,
+                           op_style=op_style)
+        c = channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        layers: list[nn.Module] = []
+        for stage in range(3):
+            if stage > 0:
+                layers.append(ResidualReduction(c, 2 * c))
+                c *= 2
+            layers.extend(Cell(c, edge_ops, op_style) for _ in range(cells_per_stage))
+        self.layers = nn.ModuleList(layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x, gates: torch.Tensor | None = None, active: Sequence[Sequence[int]] | None = None):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x, gates, active) if isinstance(layer, Cell) else layer(x)
+        return self.classifier(x.mean((2, 3)))
+
+
+def child_from_supernet(space: NB201Space, supernet: NB201Network, arch: Sequence[int]) -> NB201Network:
+    """A stand-alone child whose weights are the supernet's weights of the chosen ops."""
+    arch = space.check(arch)
+    child = space.build_child(arch, **supernet.config).to(next(supernet.parameters()).device)
+    pattern = re.compile(r"(.*\.edges\.(\d+)\.ops\.)(\d+)(\..*)")
+    state = {}
+    for key, value in supernet.state_dict().items():
+        m = pattern.fullmatch(key)
+        if m is None:
+            state[key] = value
+        elif int(m.group(3)) == arch[int(m.group(2))]:
+            state[m.group(1) + "0" + m.group(4)] = value
+    child.load_state_dict(state)
+    return child

@@ -1,0 +1,163 @@
+"""The strategy interface (ask/tell), the registry, and the shared θ machinery.
+
+A strategy owns a distribution over architectures. Each training iteration the trainer calls
+``ask(phase)`` for gates, runs the supernet, and calls ``tell(sample, loss, gate_grad, phase)``.
+``phase`` is ``"warmup"`` (weights only), ``"weight"`` (a weight step of the search phase) or ``"arch"``
+(an architecture step); only ``"arch"`` calls update θ, but every call is told so that e.g. REINFORCE can
+track its loss baseline. How a strategy wants to be trained is declared as class attributes that the trainer
+reads; the trainer never asks which strategy it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import UserError
+from ..spaces.base import Architecture, SearchSpace
+
+
+@dataclass
+class Sample:
+    """What ``ask`` hands to the trainer.
+
+    gates:  (decisions, max_choices) gate values, or None to run ``active`` unscaled (a plain child).
+    active: op indices to run per decision (host-side), or None to run every op (dense propagation).
+    arch:   the discrete architecture this step stands for (the sampled one, or the argmax of a relaxed one).
+    """
+
+    gates: torch.Tensor | None
+    active: list[list[int]] | None
+    arch: Architecture
+
+
+class Strategy:
+    name = "base"
+    # The training pattern, read by the trainer:
+    arch_batch = "val"          # arch steps use a batch from the "val" split (bilevel) or the "train" split
+    needs_gate_grad = True      # arch steps need dL/dgate (False: the loss alone, e.g. REINFORCE-style)
+    updates_theta = True        # False: nothing to learn (random search); the trainer skips arch steps
+    derive_by_validation = 0    # >0: the final architecture is the best of this many children on val data
+
+    def __init__(self, space: SearchSpace, seed: int = 0, device: str | torch.device = "cpu",
+                 lr: float | None = None):
+        """``lr`` is θ's learning rate; strategies without θ accept and ignore it, so callers need not ask."""
+        if not space.categorical:
+            raise UserError(f"strategy {self.name!r} handles categorical decisions only; {space.name} has integers")
+        self.space = space
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # -- the interface --------------------------------------------------------------------------
+    def ask(self, phase: str) -> Sample:
+        raise NotImplementedError
+
+    def tell(self, sample: Sample, loss: float, gate_grad: torch.Tensor | None, phase: str) -> None:
+        pass
+
+    def derive(self) -> Architecture:
+        raise NotImplementedError
+
+    def set_schedule(self, lr_scale: float, progress: float) -> None:
+        """Called by the trainer before each arch step: lr multiplier and fraction of arch steps done."""
+
+    def probabilities(self) -> torch.Tensor | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    # -- helpers shared by the sampling strategies ----------------------------------------------
+    def sample_from(self, probs: torch.Tensor) -> list[int]:
+        """One categorical draw per row, on the host (probabilities are tiny: E x K)."""
+        return torch.multinomial(probs.detach().cpu().double(), 1, generator=self.generator)[:, 0].tolist()
+
+    def one_hot(self, index: Sequence[int]) -> torch.Tensor:
+        gates = torch.zeros(len(self.space), self.space.max_choices)
+        gates[torch.arange(len(index)), torch.as_tensor(index)] = 1.0
+        return gates.to(self.device)
+
+
+class ThetaStrategy(Strategy):
+    """A strategy with logits θ (decisions x max_choices) trained by Adam, as in the AdvantageNAS code:
+    coupled L2 added to the gradient, then global-norm clipping, then Adam (spec §1, pitfall 7)."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0, device="cpu", lr: float | None = 3e-4,
+                 betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 3e-3, grad_clip: float = 1.0):
+        super().__init__(space, seed, device)
+        lr = 3e-4 if lr is None else lr
+        self.mask = space.choice_mask().to(self.device)
+        theta = torch.ones(self.mask.shape, device=self.device)
+        theta[:, 0] += 1e-6  # as in the official code: a deterministic initial argmax (op 0)
+        self.theta = torch.nn.Parameter(theta)
+        self.base_lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
+        self.progress = 0.0  # fraction of arch steps done, for temperature schedules
+        self.optimizer = torch.optim.Adam([self.theta], lr=lr, betas=betas)
+
+    def logits(self) -> torch.Tensor:
+        return self.theta.masked_fill(~self.mask, -math.inf)
+
+    def probabilities(self) -> torch.Tensor:
+        return torch.softmax(self.logits(), -1).detach()
+
+    def derive(self) -> Architecture:
+        return tuple(self.logits().argmax(-1).tolist())
+
+    def set_schedule(self, lr_scale: float, progress: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * lr_scale
+        self.progress = progress
+
+    def apply_gradient(self, grad: torch.Tensor | None) -> None:
+        """One optimiser step on θ with the estimated gradient of E[L] (None: a step with no gradient)."""
+        if grad is not None:
+            grad = grad.masked_fill(~self.mask, 0.0) + self.weight_decay * self.theta.detach()
+            norm = grad.norm()
+            if norm > self.grad_clip:
+                grad = grad * (self.grad_clip / (norm + 1e-6))
+        self.theta.grad = grad
+        self.optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+# --- registry --------------------------------------------------------------------------------------
+_REGISTRY: dict[str, tuple[Callable[..., Strategy], str]] = {}
+
+
+def register(name: str, description: str, **defaults):
+    """Class decorator: make a strategy creatable by name (extra names may preset hyper-parameters)."""
+
+    def wrap(cls):
+        _REGISTRY[name] = (lambda space, **hp: cls(space, **{**defaults, **hp}), description)
+        return cls
+
+    return wrap
+
+
+def create(name: str, space: SearchSpace, **hparams) -> Strategy:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown strategy {name!r}; choose from {', '.join(sorted(_REGISTRY))} "
+                        "(list them with 'oneshot strategies')")
+    factory, _ = _REGISTRY[name]
+    try:
+        return factory(space, **hparams)
+    except TypeError as e:
+        raise UserError(f"strategy {name!r}: bad hyper-parameter ({e})") from None
+
+
+def available() -> dict[str, str]:
+    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}

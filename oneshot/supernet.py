@@ -1,0 +1,41 @@
+"""The gated mixed operation that every supernet is built from.
+
+``MixedOp`` holds the candidate ops of one decision and computes ``sum_k gate[k] * op_k(x)`` over the ops
+listed in ``active`` only. With a one-hot gate and ``active=[k]`` that is the cost of one child
+(sparse propagation); with a softmax gate and every op active it is DARTS-style dense propagation.
+Multiplying by the gate is what makes autograd return ``dL/dgate[k] = <dL/de, op_k(x)>``.
+
+``active`` is a host-side list computed once per step by the strategy: reading sampled indices back from the
+device inside the forward would cost a synchronisation per edge.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class MixedOp(nn.Module):
+    def __init__(self, ops: Sequence[nn.Module]):
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None, active: Sequence[int] | None) -> torch.Tensor:
+        """``gate``: (K,) weights or None (run ``active`` unscaled); ``active``: op indices or None (all)."""
+        if active is None:
+            active = range(len(self.ops))
+        out = None
+        for k in active:
+            y = self.ops[k](x)
+            if gate is not None:
+                y = gate[k] * y
+            out = y if out is None else out + y
+        return out
+
+
+def active_from_gates(gates: torch.Tensor) -> list[list[int]]:
+    """Indices of the non-zero gate entries per row, read back to the host in one transfer."""
+    nonzero = (gates.detach() != 0).cpu().tolist()
+    return [[k for k, on in enumerate(row) if on] for row in nonzero]

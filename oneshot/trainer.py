@@ -1,0 +1,272 @@
+"""The one search loop: warm-up, then an architecture step before every weight step.
+
+The trainer reads a strategy's declared pattern (``arch_batch``, ``needs_gate_grad``, ``updates_theta``,
+``derive_by_validation``) and never asks which strategy it runs. A run folder holds ``config.json``,
+``log.jsonl``, ``checkpoint.pt``, ``result.json`` and ``search.png``; ``resume=True`` continues from the
+checkpoint and, on a CPU with the same seed, ends exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import strategies
+from .config import SearchConfig
+from .data import Batches, Cifar10, eval_batches, split_train
+from .errors import UserError
+from .runs import RunFolder
+from .spaces import create_space
+
+
+def cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@contextlib.contextmanager
+def batch_statistics(model: torch.nn.Module):
+    """Evaluate with each batch's own BN statistics, leaving running statistics untouched.
+
+    A sampled child's running statistics in a supernet are an average over other children: useless.
+    """
+    was_training = model.training
+    saved = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            saved[m] = m.momentum
+            m.momentum = 0.0
+    model.train()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, momentum in saved.items():
+            m.momentum = momentum
+        model.train(was_training)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+class Search:
+    """Everything one search run holds; ``run()`` trains, ``state_dict()`` is the checkpoint."""
+
+    def __init__(self, config: SearchConfig, data: Cifar10, device: torch.device):
+        self.config, self.device = config, device
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        self.space = create_space(config.space, **config.space_options)
+        self.model = self.space.build_supernet(channels=config.channels, cells_per_stage=config.cells_per_stage,
+                                               op_style=config.op_style).to(device)
+        self.strategy = strategies.create(config.strategy, self.space, seed=config.seed, device=device,
+                                          **{"lr": config.a_lr, **config.strategy_options})
+        (xw, yw), (xa, ya) = split_train(data, config.n_weight, config.n_arch)
+        self.train_stream = Batches(xw, yw, config.batch_size, device, augment=config.augment, seed=config.seed)
+        self.val_stream = Batches(xa, ya, config.batch_size, device, augment=config.augment, seed=config.seed + 1)
+        self.val_data = (xa, ya)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.w_lr, momentum=config.w_momentum,
+                                         nesterov=True)
+        self.steps_per_epoch = self.train_stream.steps_per_epoch
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.search_steps = (config.epochs - config.warmup_epochs) * self.steps_per_epoch
+        self.step = 0            # iterations done (one weight step each, plus an arch step after warm-up)
+        self.arch_steps = 0
+        self.best_sampled: tuple[float, tuple] | None = None  # (lowest single val-batch loss, arch): "PB"
+        self.elapsed = 0.0       # search seconds over all sessions of this run
+        self.cpu_elapsed = 0.0
+
+    # -- one iteration --------------------------------------------------------------------------
+    def arch_step(self) -> float:
+        strategy = self.strategy
+        sample = strategy.ask("arch")
+        x, y = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
+        strategy.set_schedule(cosine(self.epoch_in_search() / max(1, self.config.epochs - self.config.warmup_epochs)),
+                              self.arch_steps / max(1, self.search_steps))
+        if strategy.needs_gate_grad:
+            gates = sample.gates.detach().clone().requires_grad_()
+            loss = F.cross_entropy(self.model(x, gates, sample.active), y)
+            # autograd.grad computes only what the gates need: no weight gradients are accumulated
+            (gate_grad,) = torch.autograd.grad(loss, gates)
+        else:
+            with torch.no_grad():
+                loss = F.cross_entropy(self.model(x, sample.gates, sample.active), y)
+            gate_grad = None
+        value = self.checked(loss)
+        strategy.tell(sample, value, gate_grad, "arch")
+        self.arch_steps += 1
+        if self.best_sampled is None or value < self.best_sampled[0]:
+            self.best_sampled = (value, sample.arch)
+        return value
+
+    def weight_step(self, phase: str) -> float:
+        sample = self.strategy.ask(phase)
+        x, y = next(self.train_stream)
+        lr = self.config.w_lr * cosine(self.step // self.steps_per_epoch / self.config.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # Sparse samples run their active ops unscaled: the forward value is the same and nothing needs dL/dgate.
+        gates = None if sample.active is not None else sample.gates.detach()
+        loss = F.cross_entropy(self.model(x, gates, sample.active), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        with torch.no_grad():
+            torch._foreach_add_([p.grad for p in params], params, alpha=self.config.w_weight_decay)
+        torch.nn.utils.clip_grad_norm_(params, self.config.w_grad_clip)
+        self.optimizer.step()
+        value = self.checked(loss)
+        self.strategy.tell(sample, value, None, phase)
+        return value
+
+    def checked(self, loss: torch.Tensor) -> float:
+        value = loss.item()
+        if not math.isfinite(value):
+            raise UserError(f"the loss became {value} at iteration {self.step}; lower the learning rates "
+                            "(--set w_lr=... a_lr=...) and resume from the last good checkpoint with --resume")
+        return value
+
+    def epoch_in_search(self) -> int:
+        return self.step // self.steps_per_epoch - self.config.warmup_epochs
+
+    def in_search_phase(self) -> bool:
+        return self.step >= self.config.warmup_epochs * self.steps_per_epoch
+
+    # -- derivation -----------------------------------------------------------------------------
+    def validation_accuracy(self, arch: tuple, batches: int) -> float:
+        x, y = self.val_data
+        correct = total = 0
+        with batch_statistics(self.model):
+            for i, (xb, yb) in enumerate(eval_batches(x, y, 256, self.device)):
+                if i >= batches:
+                    break
+                correct += (self.model(xb, None, [[k] for k in arch]).argmax(1) == yb).sum().item()
+                total += len(yb)
+        return correct / max(1, total)
+
+    def derive(self) -> tuple:
+        k = self.strategy.derive_by_validation
+        if not k:
+            return self.strategy.derive()
+        generator = torch.Generator().manual_seed(self.config.seed + 12345)
+        candidates = list(dict.fromkeys(self.space.sample(generator) for _ in range(k)))
+        scores = [self.validation_accuracy(a, self.config.eval_batches) for a in candidates]
+        return candidates[int(np.argmax(scores))]
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "arch_steps": self.arch_steps, "elapsed": self.elapsed,
+            "cpu_elapsed": self.cpu_elapsed,
+            "best_sampled": None if self.best_sampled is None else [self.best_sampled[0], list(self.best_sampled[1])],
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": torch.from_numpy(np.append(np.random.get_state()[1], np.random.get_state()[2]).astype(np.int64)),
+            "python_rng": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.arch_steps = state["step"], state["arch_steps"]
+        self.elapsed, self.cpu_elapsed = state["elapsed"], state["cpu_elapsed"]
+        bs = state["best_sampled"]
+        self.best_sampled = None if bs is None else (bs[0], tuple(bs[1]))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.train_stream.load_state_dict(state["train_stream"])
+        self.val_stream.load_state_dict(state["val_stream"])
+        torch.set_rng_state(state["torch_rng"])
+        keys = state["numpy_rng"].numpy()
+        np.random.set_state(("MT19937", keys[:-1].astype(np.uint32), int(keys[-1]), 0, 0.0))
+        random.setstate((3, tuple(int(v) for v in state["python_rng"].tolist()), None))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, folder: RunFolder, progress: bool = True, stop_after: int | None = None) -> dict | None:
+        """Train to the end (or ``stop_after`` iterations, for tests of resume) and write the result."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="it",
+                   desc=f"{config.strategy} on {config.space}", dynamic_ncols=True)
+        losses = {"weight": [], "arch": []}
+        start, cpu_start = time.perf_counter(), time.process_time()
+        while self.step < self.total_steps:
+            if stop_after is not None and self.step >= stop_after:
+                return None
+            if self.in_search_phase() and self.strategy.updates_theta:
+                losses["arch"].append(self.arch_step())
+            losses["weight"].append(self.weight_step("weight" if self.in_search_phase() else "warmup"))
+            self.step += 1
+            bar.update()
+            if self.step % config.log_every == 0 or self.step == self.total_steps:
+                record = self.log_record(losses)
+                folder.log(record)
+                losses = {"weight": [], "arch": []}
+                bar.set_postfix(loss=f"{record['weight_loss']:.3f}", acc=record.get("nb201_cifar10", "-"))
+            if self.step % config.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0:
+                self.elapsed += time.perf_counter() - start
+                self.cpu_elapsed += time.process_time() - cpu_start
+                start, cpu_start = time.perf_counter(), time.process_time()
+                folder.save_checkpoint(self.state_dict(), self.step)
+        bar.close()
+        self.elapsed += time.perf_counter() - start
+        self.cpu_elapsed += time.process_time() - cpu_start
+        return self.finish(folder)
+
+    def log_record(self, losses: dict) -> dict:
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "arch_steps": self.arch_steps,
+                  "weight_loss": float(np.mean(losses["weight"]))}
+        if losses["arch"]:
+            record["arch_loss"] = float(np.mean(losses["arch"]))
+        if self.strategy.updates_theta:
+            arch = self.strategy.derive()
+            record["architecture"] = self.space.to_string(arch)
+            record.update({f"nb201_{k}": v for k, v in self.benchmark(arch).items() if k in ("cifar10", "cifar10_rank")})
+            probs = self.strategy.probabilities()
+            if probs is not None:
+                record["entropy"] = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+        return record
+
+    def benchmark(self, arch) -> dict:
+        lookup = getattr(self.space, "benchmark", None)
+        return lookup(arch) if lookup else {}
+
+    def finish(self, folder: RunFolder) -> dict:
+        t0 = time.perf_counter()
+        arch = self.derive()
+        derive_seconds = time.perf_counter() - t0
+        result = {
+            "space": self.config.space, "strategy": self.config.strategy, "seed": self.config.seed,
+            "architecture": self.space.to_string(arch), "nb201": self.benchmark(arch),
+            "search_seconds": round(self.elapsed + derive_seconds, 2),
+            "cpu_seconds": round(self.cpu_elapsed, 2), "iterations": self.step, "arch_steps": self.arch_steps,
+            "device": str(self.device),
+        }
+        if self.best_sampled is not None:
+            pb = self.best_sampled[1]
+            result["best_sampled"] = {"architecture": self.space.to_string(pb), "val_loss": self.best_sampled[0],
+                                      "nb201": self.benchmark(pb)}
+        if self.strategy.updates_theta:
+            result["theta"] = self.strategy.theta.detach().cpu().tolist()
+        folder.write_result(result)
+        return result

@@ -1,0 +1,154 @@
+import pytest
+import torch
+
+from oneshot.benchmarks.nb201 import load_table, lookup
+from oneshot.errors import UserError
+from oneshot.spaces import create_space
+from oneshot.spaces.nb201 import child_from_supernet
+
+ALL_CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+def test_space_sizes_and_decisions():
+    assert create_space("nb201").size == 4 ** 6
+    assert create_space("nb201", ops=5).size == 5 ** 6 == len(load_table().strings)
+    assert [d.name for d in create_space("nb201").decisions] == ["edge10", "edge20", "edge21", "edge30", "edge31", "edge32"]
+
+
+def test_every_table_string_round_trips_through_the_5_op_space():
+    space = create_space("nb201", ops=5)
+    table = load_table()
+    strings = {space.to_string(a) for a in space.enumerate()}
+    assert strings == set(table.strings)
+    for s in table.strings[:500]:
+        assert space.to_string(space.from_string(s)) == s
+
+
+def test_arch_order_matches_edges():
+    space = create_space("nb201")
+    arch = space.from_string("|skip_connect~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|avg_pool_3x3~0|skip_connect~1|nor_conv_1x1~2|")
+    assert arch == (0, 1, 2, 3, 0, 1)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ("", "not an NB201 architecture string"),
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|", "not an NB201 architecture string"),
+    ("|conv~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", "'conv' is not a choice"),
+    ("|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", "should read"),
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", "needs 2 inputs"),
+    ("|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", "'none' is not a choice"),
+])
+def test_bad_strings_give_clear_errors(bad, fragment):
+    with pytest.raises(UserError, match=fragment):
+        create_space("nb201").from_string(bad)
+
+
+def test_known_cells():
+    r = lookup(ALL_CONV3)
+    assert r["cifar10"] == pytest.approx(93.76)
+    assert r["cifar10_rank"] == 167
+    best, acc = load_table().best()
+    assert acc == pytest.approx(94.3733, abs=1e-3)
+    assert lookup(best)["cifar10_rank"] == 1
+
+
+def test_isomorphic_cells_resolve_to_their_own_rows():
+    # Node 1 fed only by 'none': edges 1->2 and 1->3 carry zeros whatever their op is.
+    a = "|none~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_3x3~2|"
+    b = "|none~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|nor_conv_3x3~0|nor_conv_1x1~1|nor_conv_3x3~2|"
+    ra, rb = lookup(a), lookup(b)
+    assert ra["architecture"] == a and rb["architecture"] == b
+    assert ra["isomorphs"] == rb["isomorphs"] > 1
+    assert abs(ra["cifar10"] - rb["cifar10"]) < 1.0  # same function, separately trained
+
+
+def test_unknown_string_in_table():
+    with pytest.raises(UserError, match="not in the NB201 table"):
+        lookup("|x~0|")
+
+
+def test_param_counts():
+    space = create_space("nb201")
+    net = space.build_supernet(channels=16, cells_per_stage=5)
+    child = space.build_child(space.from_string(ALL_CONV3), channels=16, cells_per_stage=5)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    outer = (432 + 32) + (4608 + 64 + 9216 + 64 + 512) + (18432 + 128 + 36864 + 128 + 2048) + 650
+    # A cell of skips has no weights: only stem, the two reduction blocks and the classifier remain.
+    assert count(space.build_child((0,) * 6, channels=16, cells_per_stage=5)) == outer
+    # Official-code ops: conv with bias, BN without affine; 5 cells x 6 edges per stage at C = 16, 32, 64.
+    conv3 = lambda c: 9 * c * c + c
+    assert count(child) == outer + 30 * (conv3(16) + conv3(32) + conv3(64)) == 1_528_058
+    # NB201's own ops (no conv bias, affine BN): 1.531 M, NB201's reported size for this cell
+    nb201_child = space.build_child(space.from_string(ALL_CONV3), channels=16, cells_per_stage=5, op_style="nb201")
+    assert count(nb201_child) == outer + 30 * sum(9 * c * c + 2 * c for c in (16, 32, 64)) == 1_531_418
+    conv1 = lambda c: c * c + c
+    assert count(net) == outer + 30 * sum(conv3(c) + conv1(c) for c in (16, 32, 64))
+
+
+def test_one_hot_supernet_equals_child_with_shared_weights():
+    torch.manual_seed(0)
+    space = create_space("nb201", ops=5)
+    net = space.build_supernet(channels=8, cells_per_stage=2)
+    x = torch.randn(6, 3, 32, 32)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        arch = space.sample(g)
+        gates = torch.zeros(6, 5)
+        gates[range(6), list(arch)] = 1.0
+        child = child_from_supernet(space, net, arch)
+        out_super = net(x, gates, [[k] for k in arch])
+        out_child = child(x)
+        assert torch.allclose(out_super, out_child, atol=1e-5)
+        # and the unscaled sparse path used by weight steps
+        assert torch.allclose(net(x, None, [[k] for k in arch]), out_child, atol=1e-5)
+
+
+def test_gate_gradient_is_inner_product_of_output_grad_and_op_output():
+    torch.manual_seed(0)
+    space = create_space("nb201")
+    net = space.build_supernet(channels=4, cells_per_stage=2)
+    arch = (2, 1, 3, 0, 2, 1)
+    gates = torch.zeros(6, 4)
+    gates[range(6), list(arch)] = 1.0
+    gates.requires_grad_()
+    outputs = {i: [] for i in range(6)}
+    hooks = []
+    for cell in (m for m in net.modules() if m.__class__.__name__ == "Cell"):
+        for i, edge in enumerate(cell.edges):
+            def hook(module, inp, out, i=i):
+                out.retain_grad()
+                outputs[i].append(out)
+            hooks.append(edge.register_forward_hook(hook))
+    x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
+    loss = torch.nn.functional.cross_entropy(net(x, gates, [[k] for k in arch]), y)
+    loss.backward()
+    for i, k in enumerate(arch):
+        # e = 1 * op(x), so <dL/de, op(x)> = <e.grad, e>, summed over the 6 cells sharing the gate
+        expected = sum((e.grad * e).sum() for e in outputs[i])
+        assert gates.grad[i, k].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+        assert (gates.grad[i] != 0).sum() == 1
+
+
+def test_dense_gates_mix_all_ops():
+    torch.manual_seed(0)
+    space = create_space("nb201")
+    net = space.build_supernet(channels=4, cells_per_stage=1)
+    x = torch.randn(3, 3, 32, 32)
+    soft = torch.softmax(torch.randn(6, 4), -1)
+    out = net(x, soft, None)
+    assert out.shape == (3, 10)
+    # a dense call with one-hot gates equals the sparse call
+    arch = (1, 2, 0, 3, 2, 2)
+    hard = torch.zeros(6, 4)
+    hard[range(6), list(arch)] = 1
+    assert torch.allclose(net(x, hard, None), net(x, hard, [[k] for k in arch]), atol=1e-5)
+
+
+def test_restrict_enumerates_product_of_kept_ops():
+    space = create_space("nb201")
+    small = space.restrict({"edge10": ["nor_conv_3x3"], "edge21": ["skip_connect", "avg_pool_3x3"]})
+    assert small.size == 1 * 4 * 2 * 4 * 4 * 4 == len(list(small.enumerate()))
+    s = ALL_CONV3.replace("nor_conv_3x3~1|+", "avg_pool_3x3~1|+")
+    assert small.to_string(small.from_string(s)) == s
+    with pytest.raises(UserError, match="no choice"):
+        space.restrict({"edge10": []})
