@@ -62,7 +62,8 @@ def load_cifar10(path: str | os.PathLike | None, cache_dir: str | Path | None = 
 
 
 def _find_source(p: Path) -> Path:
-    """Resolve to the folder or tarball that holds the data, so the cache key follows the real source."""
+    """Resolve to the folder or tarball that holds the data, so the cache key follows the real source.
+    An extracted folder wins over a tarball beside it: it is the same data, and quicker to read."""
     if not p.exists():
         raise UserError(f"data path {p} does not exist: pass --data PATH to {_LAYOUTS}")
     if p.is_file():
@@ -74,7 +75,8 @@ def _find_source(p: Path) -> Path:
         return ((d / "train").is_dir() and (d / "test").is_dir()) or (d / "data_batch_1").is_file()
     if holds_data(p):
         return p
-    found = [c for c in sorted(p.iterdir()) if (c.is_dir() and holds_data(c)) or c.name.endswith(_TARBALL)]
+    dirs = [c for c in sorted(p.iterdir()) if c.is_dir() and holds_data(c)]
+    found = dirs or [c for c in sorted(p.iterdir()) if c.is_file() and c.name.endswith(_TARBALL)]
     if len(found) > 1:
         raise UserError(f"{p} holds several datasets ({', '.join(c.name for c in found)}): pass --data to one")
     if not found:
@@ -336,9 +338,8 @@ class Batches:
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device):
     """The whole set in order, unaugmented, moved to the device in one copy."""
-    if batch_size < 1:
+    if batch_size < 1:  # checked now, not at the first next()
         raise UserError(f"batch size {batch_size} must be at least 1")
     device = torch.device(device)
     norm, x, y = _normaliser(device), x.to(device), y.to(device)
-    for i in range(0, len(x), batch_size):
-        yield norm(x[i:i + batch_size]), y[i:i + batch_size]
+    return ((norm(x[i:i + batch_size]), y[i:i + batch_size]) for i in range(0, len(x), batch_size))

@@ -17,20 +17,42 @@ import torch
 from torch import nn
 
 
+class UnitGate(torch.autograd.Function):
+    """``gate * y`` for a gate whose value is exactly 1 (a one-hot sample), without its cost.
+
+    The forward returns ``y`` itself and the backward passes ``dL/dy`` through untouched, so the only work
+    left is the one the estimators need: ``dL/dgate = <dL/dout, y>``, a single dot product. A plain
+    multiplication would write and read two more activation-sized tensors per edge.
+    """
+
+    @staticmethod
+    def forward(ctx, y, gate):
+        ctx.save_for_backward(y)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_tensors
+        grad_gate = torch.dot(grad_out.reshape(-1), y.reshape(-1)) if ctx.needs_input_grad[1] else None
+        return grad_out, grad_gate
+
+
 class MixedOp(nn.Module):
     def __init__(self, ops: Sequence[nn.Module]):
         super().__init__()
         self.ops = nn.ModuleList(ops)
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor | None, active: Sequence[int] | None) -> torch.Tensor:
-        """``gate``: (K,) weights or None (run ``active`` unscaled); ``active``: op indices or None (all)."""
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None, active: Sequence[int] | None,
+                unit_gates: bool = False) -> torch.Tensor:
+        """``gate``: (K,) weights or None (run ``active`` unscaled); ``active``: op indices or None (all);
+        ``unit_gates``: the caller guarantees that the active gates equal 1 (one-hot samples)."""
         if active is None:
             active = range(len(self.ops))
         out = None
         for k in active:
             y = self.ops[k](x)
             if gate is not None:
-                y = gate[k] * y
+                y = UnitGate.apply(y, gate[k]) if unit_gates else gate[k] * y
             out = y if out is None else out + y
         return out
 

@@ -60,11 +60,16 @@ def test_image_tree_tarball_and_folder_holding_it(tmp_path):
     expected = write_tree(tmp_path / "tree")
     (tmp_path / "dl").mkdir()
     tgz = tmp_path / "dl" / "mini.tar.gz"
-    with tarfile.open(tgz, "w:gz") as tf:
-        tf.add(tmp_path / "tree" / "train", "train")
-        tf.add(tmp_path / "tree" / "test", "test")
+    with tarfile.open(tgz, "w:gz") as tf:  # files only, in reverse order: the loader must sort
+        for f in sorted((tmp_path / "tree").rglob("*.png"), reverse=True):
+            tf.add(f, f.relative_to(tmp_path / "tree").as_posix())
     check_tree(load_cifar10(tgz, cache_dir=tmp_path / "c1"), expected)
     check_tree(load_cifar10(tmp_path / "dl", cache_dir=tmp_path / "c2"), expected)
+    (tmp_path / "dl" / "other.tgz").write_bytes(b"")
+    with pytest.raises(UserError, match="several datasets"):
+        load_cifar10(tmp_path / "dl", cache_dir=tmp_path / "c3")
+    (tmp_path / "tree").rename(tmp_path / "dl" / "extracted")  # an extracted copy beats the tarballs
+    check_tree(load_cifar10(tmp_path / "dl", cache_dir=tmp_path / "c4"), expected)
 
 
 def test_jpeg_and_grayscale_images_become_rgb(tmp_path):
@@ -97,7 +102,8 @@ def write_batches(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_batches(d: Cifar10, raw: np.ndarray, labels: np.ndarray):
-    assert d.classes == CLASSES and tuple(d.train_x.shape) == (10, 3, 32, 32) and tuple(d.test_x.shape) == (2, 3, 32, 32)
+    assert d.classes == CLASSES
+    assert tuple(d.train_x.shape) == (10, 3, 32, 32) and tuple(d.test_x.shape) == (2, 3, 32, 32)
     assert d.train_x.dtype == torch.uint8 and d.train_y.dtype == torch.int64
     assert d.train_y.tolist() == labels[:10].tolist() and d.test_y.tolist() == labels[10:].tolist()
     # Row-major CHW: pixel (c, h, w) of image i is byte c*1024 + h*32 + w.
@@ -336,6 +342,8 @@ def test_eval_batches_in_order_unaugmented():
     assert torch.equal(torch.cat([yb for _, yb in got]), y)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     assert torch.allclose(xs, (x.float() - mean) / std)
+    with pytest.raises(UserError, match="batch size"):
+        eval_batches(x, y, 0, "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

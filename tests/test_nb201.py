@@ -152,3 +152,24 @@ def test_restrict_enumerates_product_of_kept_ops():
     assert small.to_string(small.from_string(s)) == s
     with pytest.raises(UserError, match="no choice"):
         space.restrict({"edge10": []})
+
+
+def test_unit_gates_give_the_same_values_and_gradients_as_multiplied_gates():
+    torch.manual_seed(0)
+    space = create_space("nb201")
+    net = space.build_supernet(channels=4, cells_per_stage=2)
+    arch = (3, 1, 2, 0, 2, 1)
+    x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
+    results = []
+    for unit in (False, True):
+        gates = torch.zeros(6, 4)
+        gates[range(6), list(arch)] = 1.0
+        gates.requires_grad_()
+        net.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x, gates, [[k] for k in arch], unit), y)
+        loss.backward()
+        results.append((loss.detach(), gates.grad.clone(), [p.grad.clone() for p in net.parameters() if p.grad is not None]))
+    (l0, g0, w0), (l1, g1, w1) = results
+    assert torch.equal(l0, l1)
+    assert torch.allclose(g0, g1, rtol=1e-4, atol=1e-6) and (g1 != 0).sum() == 6
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(w0, w1))

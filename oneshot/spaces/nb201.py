@@ -126,14 +126,15 @@ class Cell(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList(MixedOp([make_op(op, c, style) for op in ops]) for ops in edge_ops)
 
-    def forward(self, x, gates, active):
+    def forward(self, x, gates, active, unit_gates=False):
         nodes = [x]
         for target in (1, 2, 3):
             total = None
             for i, (t, s) in enumerate(EDGES):
                 if t != target:
                     continue
-                y = self.edges[i](nodes[s], None if gates is None else gates[i], None if active is None else active[i])
+                y = self.edges[i](nodes[s], None if gates is None else gates[i],
+                                  None if active is None else active[i], unit_gates)
                 total = y if total is None else total + y
             nodes.append(total)
         return nodes[3]
@@ -158,8 +159,8 @@ class NB201Network(nn.Module):
     """The NB201 macro network. Each edge holds the ops listed for it in ``edge_ops``.
 
     The supernet lists every choice of the space on every edge; a stand-alone child lists one op per edge.
-    ``forward(x, gates, active)``: ``gates`` (6, K) is shared by all cells (one architecture for the whole
-    network); ``active`` lists the op indices to run per edge; see ``MixedOp``.
+    ``forward(x, gates, active, unit_gates)``: ``gates`` (6, K) is shared by all cells (one architecture for
+    the whole network); ``active`` lists the op indices to run per edge; see ``MixedOp``.
     """
 
     def __init__(self, edge_ops: Sequence[Sequence[str]], channels: int = 16, cells_per_stage: int = 5,
@@ -181,10 +182,11 @@ class NB201Network(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.classifier = nn.Linear(c, num_classes)
 
-    def forward(self, x, gates: torch.Tensor | None = None, active: Sequence[Sequence[int]] | None = None):
+    def forward(self, x, gates: torch.Tensor | None = None, active: Sequence[Sequence[int]] | None = None,
+                unit_gates: bool = False):
         x = self.stem(x)
         for layer in self.layers:
-            x = layer(x, gates, active) if isinstance(layer, Cell) else layer(x)
+            x = layer(x, gates, active, unit_gates) if isinstance(layer, Cell) else layer(x)
         return self.classifier(x.mean((2, 3)))
 
 

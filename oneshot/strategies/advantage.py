@@ -55,8 +55,7 @@ class AdvantageNAS(ThetaStrategy):
         self.memory: torch.Tensor | None = None
 
     def ask(self, phase: str) -> Sample:
-        index = self.sample_from(self.probabilities())
-        return Sample(self.one_hot(index), [[k] for k in index], tuple(index))
+        return self.one_hot_sample(self.sample_from(self.probabilities()))
 
     def tell(self, sample, loss, gate_grad, phase):
         if phase != "arch":

@@ -27,11 +27,13 @@ class Sample:
     gates:  (decisions, max_choices) gate values, or None to run ``active`` unscaled (a plain child).
     active: op indices to run per decision (host-side), or None to run every op (dense propagation).
     arch:   the discrete architecture this step stands for (the sampled one, or the argmax of a relaxed one).
+    unit:   every active gate equals exactly 1 (one-hot samples), which lets the supernet skip the multiply.
     """
 
     gates: torch.Tensor | None
     active: list[list[int]] | None
     arch: Architecture
+    unit: bool = False
 
 
 class Strategy:
@@ -82,6 +84,11 @@ class Strategy:
         gates = torch.zeros(len(self.space), self.space.max_choices)
         gates[torch.arange(len(index)), torch.as_tensor(index)] = 1.0
         return gates.to(self.device)
+
+    def one_hot_sample(self, index: Sequence[int]) -> Sample:
+        """A single-path sample: op ``index[i]`` on decision ``i``, gate 1."""
+        index = tuple(int(k) for k in index)
+        return Sample(self.one_hot(index), [[k] for k in index], index, unit=True)
 
 
 class ThetaStrategy(Strategy):

@@ -16,8 +16,7 @@ class RandomSearch(Strategy):
         self.derive_by_validation = candidates
 
     def ask(self, phase: str) -> Sample:
-        arch = self.space.sample(self.generator)
-        return Sample(self.one_hot(arch), [[k] for k in arch], arch)
+        return self.one_hot_sample(self.space.sample(self.generator))
 
     def derive(self):
         raise RuntimeError("random search derives by validation: the trainer ranks sampled children")

@@ -28,8 +28,7 @@ class Reinforce(ThetaStrategy):
         self.baseline: float | None = None
 
     def ask(self, phase: str) -> Sample:
-        index = self.sample_from(self.probabilities())
-        return Sample(self.one_hot(index), [[k] for k in index], tuple(index))
+        return self.one_hot_sample(self.sample_from(self.probabilities()))
 
     def tell(self, sample, loss, gate_grad, phase):
         self.baseline = loss if self.baseline is None else EMA * loss + (1 - EMA) * self.baseline

@@ -1,0 +1,113 @@
+"""Bad input ends with exit status 2 and one line that names the fix; nothing earlier is lost."""
+
+import json
+
+import pytest
+
+from oneshot.cli import main
+
+ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("oneshot: error: ")
+    return lines[0]
+
+
+def test_evaluate_known_cell(capsys):
+    code, out, _ = run(capsys, "evaluate", "--space", "nb201", ARCH)
+    assert code == 0
+    assert "93.76" in out and "rank   167 / 15625" in out
+
+
+def test_evaluate_accepts_none_cells_and_reports_isomorphs(capsys):
+    arch = "|none~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_3x3~2|"
+    code, out, _ = run(capsys, "evaluate", arch)
+    assert code == 0 and "compute the same function" in out
+
+
+def test_listings(capsys):
+    code, out, _ = run(capsys, "strategies")
+    assert code == 0 and {"advantage", "advantage_wb", "reinforce", "random"} <= {l.split()[0] for l in out.splitlines()}
+    code, out, _ = run(capsys, "spaces")
+    assert code == 0 and out.startswith("nb201")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["search", "--strategy", "nope"], "unknown strategy 'nope'; choose from"),
+    (["search", "--space", "nope"], "unknown space 'nope'; choose from"),
+    (["search", "--preset", "huge"], "unknown preset 'huge'; choose from"),
+    (["search", "--set", "epochz=3"], "unknown setting(s) ['epochz']"),
+    (["search", "--set", "epochs"], "must look like name=value"),
+    (["search", "--hp", "temperature=2"], "bad hyper-parameter"),
+    (["search", "--space-option", "ops=7"], "ops must be 4"),
+    (["search", "--device", "cuda:0"] , "no CUDA GPU"),
+    (["search", "--data", "/nonexistent/cifar"], "does not exist"),
+    (["evaluate", "|nor_conv_3x3~0|"], "is not an NB201 architecture string"),
+    (["evaluate", "|conv9~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"],
+     "'conv9' is not a choice"),
+    (["evaluate"], "--example"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_status_2(capsys, argv, fragment):
+    import torch
+
+    if "cuda:0" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so cuda is a valid device")
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert fragment in one_error_line(err)
+
+
+def test_existing_run_folder_is_not_overwritten(capsys, tmp_path, cifar_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text('{"precious": true}')
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--quiet")
+    assert code == 2 and "--resume" in one_error_line(err) and "--overwrite" in err
+    assert json.loads((out / "result.json").read_text()) == {"precious": True}
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--resume")
+    assert code == 2 and "nothing to resume" in one_error_line(err)
+
+
+def test_empty_data_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "r"))
+    assert code == 2 and "no CIFAR-10 found" in one_error_line(err)
+    assert not (tmp_path / "r").exists()  # bad data must not leave a half-made run folder
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path, cifar_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--quiet",
+                       "--set", "w_lr=1e30", "--set", "w_grad_clip=1e30", "--set", "checkpoint_every=1")
+    assert code == 2 and "the loss became" in one_error_line(err) and "--resume" in err
+    import torch
+
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_resume_with_other_settings_is_refused(capsys, tmp_path, cifar_path):
+    out = tmp_path / "run"
+    assert run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--quiet")[0] == 0
+    before = (out / "result.json").read_text()
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--resume",
+                       "--seed", "5")
+    assert code == 2 and "different settings" in one_error_line(err) and "seed" in err
+    assert (out / "result.json").read_text() == before
+
+
+def test_corrupt_checkpoint_is_refused(capsys, tmp_path, cifar_path):
+    out = tmp_path / "run"
+    assert run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--quiet")[0] == 0
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--resume")
+    assert code == 2 and "is corrupt" in one_error_line(err)
