@@ -37,15 +37,31 @@ class UnitGate(torch.autograd.Function):
         return grad_out, grad_gate
 
 
+class InactiveGates(torch.autograd.Function):
+    """Adds ``sum_j gate[j] * 1`` over the ops that did not run, as GDAS does: value unchanged (those
+    gates are 0), but ``dL/dgate[j] = sum(dL/dout)`` for them. One reduction per edge, and only when asked."""
+
+    @staticmethod
+    def forward(ctx, out, gate, inactive):
+        ctx.save_for_backward(inactive)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (inactive,) = ctx.saved_tensors
+        return grad_out, grad_out.sum() * inactive, None
+
+
 class MixedOp(nn.Module):
     def __init__(self, ops: Sequence[nn.Module]):
         super().__init__()
         self.ops = nn.ModuleList(ops)
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None, active: Sequence[int] | None,
-                unit_gates: bool = False) -> torch.Tensor:
+                unit_gates: bool = False, inactive_grad: bool = False) -> torch.Tensor:
         """``gate``: (K,) weights or None (run ``active`` unscaled); ``active``: op indices or None (all);
-        ``unit_gates``: the caller guarantees that the active gates equal 1 (one-hot samples)."""
+        ``unit_gates``: the caller guarantees that the active gates equal 1 (one-hot samples);
+        ``inactive_grad``: also give the ops that did not run the gradient ``sum(dL/dout)`` (GDAS)."""
         if active is None:
             active = range(len(self.ops))
         out = None
@@ -54,6 +70,10 @@ class MixedOp(nn.Module):
             if gate is not None:
                 y = UnitGate.apply(y, gate[k]) if unit_gates else gate[k] * y
             out = y if out is None else out + y
+        if inactive_grad and gate is not None and gate.requires_grad:
+            inactive = torch.ones_like(gate)
+            inactive[list(active)] = 0
+            out = InactiveGates.apply(out, gate, inactive)
         return out
 
 

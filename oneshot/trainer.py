@@ -103,7 +103,7 @@ class Search:
                               self.arch_steps / max(1, self.search_steps))
         if strategy.needs_gate_grad:
             gates = sample.gates.detach().clone().requires_grad_()
-            loss = F.cross_entropy(self.model(x, gates, sample.active, sample.unit), y)
+            loss = F.cross_entropy(self.model(x, gates, sample.active, sample.unit, sample.inactive_grad), y)
             # autograd.grad computes only what the gates need: no weight gradients are accumulated
             (gate_grad,) = torch.autograd.grad(loss, gates)
         else:

@@ -173,3 +173,26 @@ def test_unit_gates_give_the_same_values_and_gradients_as_multiplied_gates():
     assert torch.equal(l0, l1)
     assert torch.allclose(g0, g1, rtol=1e-4, atol=1e-6) and (g1 != 0).sum() == 6
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(w0, w1))
+
+
+def test_inactive_gates_get_the_sum_of_the_edge_output_gradient():
+    """GDAS semantics: each op that did not run adds gate_j * 1, so dL/dgate_j = sum(dL/de)."""
+    torch.manual_seed(0)
+    space = create_space("nb201")
+    net = space.build_supernet(channels=4, cells_per_stage=1)
+    arch = (2, 1, 3, 0, 2, 1)
+    gates = torch.zeros(6, 4)
+    gates[range(6), list(arch)] = 1.0
+    gates.requires_grad_()
+    outputs = {i: [] for i in range(6)}
+    for cell in (m for m in net.modules() if m.__class__.__name__ == "Cell"):
+        for i, edge in enumerate(cell.edges):
+            edge.register_forward_hook(lambda mod, inp, out, i=i: (out.retain_grad(), outputs[i].append(out)))
+    x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
+    loss = torch.nn.functional.cross_entropy(net(x, gates, [[k] for k in arch], True, True), y)
+    loss.backward()
+    for i, k in enumerate(arch):
+        total = sum(e.grad.sum() for e in outputs[i])
+        for j in range(4):
+            expected = sum((e.grad * e).sum() for e in outputs[i]) if j == k else total
+            assert gates.grad[i, j].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)

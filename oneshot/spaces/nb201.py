@@ -126,7 +126,7 @@ class Cell(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList(MixedOp([make_op(op, c, style) for op in ops]) for ops in edge_ops)
 
-    def forward(self, x, gates, active, unit_gates=False):
+    def forward(self, x, gates, active, unit_gates=False, inactive_grad=False):
         nodes = [x]
         for target in (1, 2, 3):
             total = None
@@ -134,7 +134,7 @@ class Cell(nn.Module):
                 if t != target:
                     continue
                 y = self.edges[i](nodes[s], None if gates is None else gates[i],
-                                  None if active is None else active[i], unit_gates)
+                                  None if active is None else active[i], unit_gates, inactive_grad)
                 total = y if total is None else total + y
             nodes.append(total)
         return nodes[3]
@@ -159,8 +159,8 @@ class NB201Network(nn.Module):
     """The NB201 macro network. Each edge holds the ops listed for it in ``edge_ops``.
 
     The supernet lists every choice of the space on every edge; a stand-alone child lists one op per edge.
-    ``forward(x, gates, active, unit_gates)``: ``gates`` (6, K) is shared by all cells (one architecture for
-    the whole network); ``active`` lists the op indices to run per edge; see ``MixedOp``.
+    ``forward(x, gates, active, unit_gates, inactive_grad)``: ``gates`` (6, K) is shared by all cells (one
+    architecture for the whole network); ``active`` lists the op indices to run per edge; see ``MixedOp``.
     """
 
     def __init__(self, edge_ops: Sequence[Sequence[str]], channels: int = 16, cells_per_stage: int = 5,
@@ -183,10 +183,10 @@ class NB201Network(nn.Module):
         self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x, gates: torch.Tensor | None = None, active: Sequence[Sequence[int]] | None = None,
-                unit_gates: bool = False):
+                unit_gates: bool = False, inactive_grad: bool = False):
         x = self.stem(x)
         for layer in self.layers:
-            x = layer(x, gates, active, unit_gates) if isinstance(layer, Cell) else layer(x)
+            x = layer(x, gates, active, unit_gates, inactive_grad) if isinstance(layer, Cell) else layer(x)
         return self.classifier(x.mean((2, 3)))
 
 

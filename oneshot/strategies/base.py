@@ -28,12 +28,14 @@ class Sample:
     active: op indices to run per decision (host-side), or None to run every op (dense propagation).
     arch:   the discrete architecture this step stands for (the sampled one, or the argmax of a relaxed one).
     unit:   every active gate equals exactly 1 (one-hot samples), which lets the supernet skip the multiply.
+    inactive_grad: also compute dL/dgate for the ops that did not run, as if each added gate * 1 (GDAS).
     """
 
     gates: torch.Tensor | None
     active: list[list[int]] | None
     arch: Architecture
     unit: bool = False
+    inactive_grad: bool = False
 
 
 class Strategy:
