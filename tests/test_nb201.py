@@ -187,7 +187,10 @@ def test_inactive_gates_get_the_sum_of_the_edge_output_gradient():
     outputs = {i: [] for i in range(6)}
     for cell in (m for m in net.modules() if m.__class__.__name__ == "Cell"):
         for i, edge in enumerate(cell.edges):
-            edge.register_forward_hook(lambda mod, inp, out, i=i: (out.retain_grad(), outputs[i].append(out)))
+            def hook(module, inp, out, i=i):  # returns None: the output stays as it is
+                out.retain_grad()
+                outputs[i].append(out)
+            edge.register_forward_hook(hook)
     x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
     loss = torch.nn.functional.cross_entropy(net(x, gates, [[k] for k in arch], True, True), y)
     loss.backward()
