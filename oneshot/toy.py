@@ -1,0 +1,216 @@
+"""The AdvantageNAS toy experiment (spec advantagenas.md §3): how fast does each estimator find a teacher?
+
+Each trial draws new fixed convs and a random one-hot teacher; every method then runs the same number of
+architecture steps, each exactly as ``trainer.Search.arch_step`` does it (ask, fresh batch, schedule, forward,
+gate gradients if needed, tell), with θ trained by Adam(lr 1e-3, β 0.9/0.999), no weight decay, no clipping.
+Every ``eval_every`` steps the argmax architecture's MSE is measured on a fresh batch. All methods of a trial
+see the same teacher, the same training batches and the same evaluation batches.
+
+Writes ``toy.json`` (config, curves, summary) and ``toy.png`` (median loss x 100 with a 25-75 % band).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import strategies
+from .spaces.toy import INPUT_SIZE, ToyNetwork, ToySpace
+
+ALL_METHODS = ("advantage", "reinforce", "parsec", "gdas", "proxyless", "snas_relaxed", "darts", "nasp")
+LABELS = {"advantage": "AdvantageNAS", "advantage_wb": "AdvantageNAS/w-b", "reinforce": "REINFORCE",
+          "parsec": "PARSEC", "gdas": "GDAS", "proxyless": "ProxylessNAS", "snas_relaxed": "SNAS",
+          "darts": "DARTS", "nasp": "NASP"}
+# The toy protocol's θ optimiser (official toy.py sets Adam alpha 1e-3, beta1 0.9, no hooks).
+OPTIMIZER = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, grad_clip=float("inf"))
+# "Solved": loss x 100 below this. The argmax loss is exactly 0 only at the teacher's architecture; a uniformly
+# random architecture scores about 2 (loss x 100), one wrong position out of ten about 0.1 or more, so 0.01
+# means "essentially the teacher" (at most one position wrong, and only on a near-duplicate channel).
+THRESHOLD_X100 = 0.01
+
+
+def inputs(generator: torch.Generator, batch_size: int) -> torch.Tensor:
+    return torch.rand(batch_size, 1, INPUT_SIZE, INPUT_SIZE, generator=generator) * 2.0 - 1.0
+
+
+class ToyTrial:
+    """One trial: the fixed network, the teacher, and the evaluation batches shared by all methods."""
+
+    def __init__(self, seed: int, iterations: int, eval_every: int = 10, batch_size: int = 100,
+                 space: ToySpace | None = None):
+        self.space = space or ToySpace()
+        generator = torch.Generator().manual_seed(seed)
+        self.network: ToyNetwork = self.space.build_supernet(generator)
+        self.teacher = tuple(int(v) for v in torch.randint(self.space.candidates, (len(self.space),),
+                                                           generator=generator))
+        self.teacher_active = [[k] for k in self.teacher]
+        self.data_seed, self.batch_size = seed + 1_000_003, batch_size
+        # Every evaluation batch, as a table of single-path outputs (batches, B, positions, candidates):
+        # scoring an argmax architecture is then a gather, and the 8 methods share one computation.
+        eval_generator = torch.Generator().manual_seed(seed + 2_000_003)
+        n_evals = iterations // eval_every + 1
+        self.eval_table = torch.stack([self.network.single_path_outputs(inputs(eval_generator, batch_size))
+                                       for _ in range(n_evals)])
+        self.eval_targets = self.outputs(self.teacher)
+
+    def outputs(self, arch: Sequence[int]) -> torch.Tensor:
+        """(evaluation batches, B): the output of a one-hot architecture on every evaluation batch."""
+        positions = torch.arange(len(arch))
+        return self.eval_table[:, :, positions, torch.as_tensor(arch)].mean(-1)
+
+    def eval_loss(self, arch: Sequence[int], index: int) -> float:
+        positions = torch.arange(len(arch))
+        y = self.eval_table[index, :, positions, torch.as_tensor(arch)].mean(-1)
+        return float(F.mse_loss(y, self.eval_targets[index]))
+
+    def run(self, method: str, iterations: int, eval_every: int = 10, seed: int = 0) -> dict:
+        """One method for ``iterations`` arch steps; returns its curve of argmax loss (every ``eval_every``)."""
+        strategy = strategies.create(method, self.space, seed=seed, **OPTIMIZER)
+        network = self.network
+        data = torch.Generator().manual_seed(self.data_seed)
+        curve = []
+        for it in range(iterations + 1):
+            if it % eval_every == 0:
+                curve.append(self.eval_loss(strategy.derive(), it // eval_every))
+            if it == iterations:
+                break
+            # --- one architecture step, as trainer.Search.arch_step does it -----------------------------
+            sample = strategy.ask("arch")
+            x = inputs(data, self.batch_size)
+            strategy.set_schedule(1.0, it / iterations)
+            with torch.no_grad():
+                feats = network.features(x)  # shared by teacher and student: the convs are the same
+                target = network.head_output(feats, None, self.teacher_active)
+            if strategy.needs_gate_grad:
+                gates = sample.gates.detach().clone().requires_grad_()
+                loss = F.mse_loss(network.head_output(feats, gates, sample.active, sample.unit,
+                                                      sample.inactive_grad), target)
+                (gate_grad,) = torch.autograd.grad(loss, gates)
+            else:
+                with torch.no_grad():
+                    loss = F.mse_loss(network.head_output(feats, sample.gates, sample.active), target)
+                gate_grad = None
+            strategy.tell(sample, loss.item(), gate_grad, "arch")
+        final = strategy.derive()
+        return {"curve": curve, "architecture": list(final),
+                "positions_correct": sum(a == b for a, b in zip(final, self.teacher))}
+
+
+def first_below(curve: Sequence[float], threshold: float, eval_every: int) -> float:
+    """Iterations until the curve first drops below ``threshold`` (inf if it never does)."""
+    below = np.flatnonzero(np.asarray(curve) < threshold)
+    return float(below[0] * eval_every) if len(below) else float("inf")
+
+
+def resolve_methods(methods: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Explicit methods are all required (``create`` names the unknown one); by default, the registered
+    subset of the eight methods of the paper's figure, and the list of those missing."""
+    if methods is not None:
+        return list(methods), []
+    known = strategies.available()
+    return [m for m in ALL_METHODS if m in known], [m for m in ALL_METHODS if m not in known]
+
+
+def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | None = None,
+            out_dir: str | None = None, seed: int = 0, progress: bool = True, eval_every: int = 10,
+            batch_size: int = 100) -> dict:
+    """Run the toy experiment; returns (and, with ``out_dir``, writes to toy.json and toy.png) the results.
+
+    ``methods``: strategy names; None runs every registered one of ``ALL_METHODS``.
+    """
+    from tqdm.auto import tqdm
+
+    methods, missing = resolve_methods(methods)
+    if missing:
+        print(f"toy: strategies not available yet, skipped: {', '.join(missing)}", file=sys.stderr)
+    space = ToySpace()
+    for m in methods:  # fail on a bad name before any work
+        strategies.create(m, space, **OPTIMIZER)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors of a few thousand numbers: threads only add overhead
+    curves = {m: [] for m in methods}
+    details = {m: [] for m in methods}
+    seconds = {m: 0.0 for m in methods}
+    teachers = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = tqdm(total=trials * len(methods), disable=not progress, desc="toy", unit="run", dynamic_ncols=True)
+    try:
+        for trial in range(trials):
+            task = ToyTrial(seed * 1000 + trial, iterations, eval_every, batch_size, space)
+            teachers.append(list(task.teacher))
+            for m in methods:
+                t0 = time.perf_counter()
+                out = task.run(m, iterations, eval_every, seed=seed * 1000 + trial)
+                seconds[m] += time.perf_counter() - t0
+                curves[m].append([round(v * 100, 6) for v in out["curve"]])
+                details[m].append({"architecture": out["architecture"], "positions_correct": out["positions_correct"]})
+                bar.update()
+                bar.set_postfix(trial=trial, method=m, final=f"{out['curve'][-1] * 100:.3g}")
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)
+    summary = {}
+    for m in methods:
+        c = np.asarray(curves[m])
+        reach = [first_below(row, THRESHOLD_X100, eval_every) for row in c]
+        med = float(np.median(reach))
+        summary[m] = {
+            "label": LABELS.get(m, m),
+            "median_iterations_to_threshold": med if np.isfinite(med) else None,
+            "trials_reaching_threshold": int(np.isfinite(reach).sum()),
+            "final_median_x100": float(np.median(c[:, -1])),
+            "median_x100_at_600": float(np.median(c[:, 600 // eval_every])) if iterations >= 600 else None,
+            "mean_positions_correct": float(np.mean([d["positions_correct"] for d in details[m]])),
+            "seconds": round(seconds[m], 2),
+        }
+    result = {
+        "config": {"trials": trials, "iterations": iterations, "methods": methods, "missing": missing,
+                   "seed": seed, "eval_every": eval_every, "batch_size": batch_size,
+                   "optimizer": {**OPTIMIZER, "grad_clip": None}, "threshold_x100": THRESHOLD_X100,
+                   "units": "MSE x 100 of the argmax architecture on a fresh batch"},
+        "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "iterations_axis": list(range(0, iterations + 1, eval_every)),
+        "teachers": teachers, "summary": summary, "curves_x100": curves, "final": details,
+    }
+    if out_dir is not None:
+        path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "toy.json").write_text(json.dumps(result, indent=1))
+        plot_toy(result, path / "toy.png")
+    return result
+
+
+def plot_toy(result: dict, path: str | Path, xmax: int = 600) -> None:
+    """Left: median loss x 100 over trials with a 25-75 % band, iterations 0-600, as in the paper's toy figure.
+    Right: the fraction of trials whose argmax architecture is (essentially) the teacher, over the whole run;
+    a log axis would not show it, since the loss there is exactly 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(result["iterations_axis"])
+    threshold = result["config"]["threshold_x100"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    keep = x <= xmax
+    for m, rows in result["curves_x100"].items():
+        c = np.asarray(rows)
+        lo, mid, hi = np.percentile(c[:, keep], [25, 50, 75], axis=0)
+        line, = left.plot(x[keep], mid, label=result["summary"][m]["label"], lw=1.2)
+        left.fill_between(x[keep], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        right.plot(x, (c < threshold).mean(0), color=line.get_color(), lw=1.2)
+    left.set(xlabel="iteration", ylabel="loss x 100 (argmax architecture)", xlim=(0, xmax), ylim=(0, None),
+             title=f"median and 25-75 % over {result['config']['trials']} trials")
+    right.set(xlabel="iteration", ylabel=f"fraction of trials with loss x 100 < {threshold:g}", xlim=(0, x[-1]),
+              ylim=(0, 1.02), title="teacher found")
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
