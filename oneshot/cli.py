@@ -64,6 +64,7 @@ def build_parser() -> Parser:
 def cmd_search(args) -> int:
     from .config import preset
     from .data import load_cifar10
+    from .distributed import from_environment, shutdown
     from .runs import RunFolder
     from .spaces import create_space
     from .strategies import create
@@ -74,16 +75,31 @@ def cmd_search(args) -> int:
                     strategy_options=parse_assignments(args.hp, "--hp"),
                     **parse_assignments(args.set, "--set"))
     create(config.strategy, create_space(config.space, **config.space_options), **config.strategy_options)
-    device = resolve_device(args.device)
     out = args.out or f"runs/{config.space}-{config.strategy}-{args.preset}-s{config.seed}"
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    data = load_cifar10(args.data)  # before the folder is touched: bad data must not leave a half-made run
-    folder = RunFolder(out, config.to_dict(), resume=args.resume, overwrite=args.overwrite)
-    search = Search(config, data, device)
-    if folder.resumed_state is not None:
-        search.load_state_dict(folder.resumed_state)
-    result = search.run(folder, progress=not args.quiet)
+    group, device = from_environment(resolve_device(args.device))  # one process unless launched by torchrun
+    try:
+        data = load_cifar10(args.data)  # before the folder is touched: bad data must not leave a half-made run
+        # Rank 0 makes (or checks) the folder first; the others follow only if that worked.
+        error = None
+        if group.is_main:
+            try:
+                folder = RunFolder(out, config.to_dict(), resume=args.resume, overwrite=args.overwrite)
+            except UserError as e:
+                error = e
+        if group.agree(error is not None):
+            raise error or SystemExit(2)
+        if not group.is_main:
+            folder = RunFolder(out, config.to_dict(), resume=args.resume, writer=False)
+        search = Search(config, data, device, group)
+        if folder.resumed_state is not None:
+            search.load_state_dict(folder.resumed_state)
+        result = search.run(folder, progress=not args.quiet)
+    finally:
+        shutdown()
+    if not group.is_main:
+        return 0
     summary = f"{result['architecture']}"
     if result.get("nb201"):
         summary += f"  NB201 CIFAR-10 {result['nb201']['cifar10']:.2f}% (rank {result['nb201']['cifar10_rank']})"

@@ -29,7 +29,8 @@ class SearchConfig:
     # data: first n_weight (shuffled) training images train the weights, the last n_arch train θ
     n_weight: int = 25_000
     n_arch: int = 25_000
-    batch_size: int = 64
+    batch_size: int = 64         # the global batch, over all processes
+    micro_batches: int = 1       # chunks per process and step (gradient accumulation; BN statistics per chunk)
     augment: bool = True
     # schedule: warm-up epochs train weights only; afterwards one arch step precedes every weight step
     epochs: int = 90

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from . import strategies
 from .config import SearchConfig
 from .data import Batches, Cifar10, eval_batches, split_train
+from .distributed import Group
 from .errors import UserError
-from .runs import RunFolder
+from .runs import RunFolder, crash_point
 from .spaces import create_space
 
 
@@ -69,8 +70,11 @@ def resolve_device(name: str) -> torch.device:
 class Search:
     """Everything one search run holds; ``run()`` trains, ``state_dict()`` is the checkpoint."""
 
-    def __init__(self, config: SearchConfig, data: Cifar10, device: torch.device):
-        self.config, self.device = config, device
+    def __init__(self, config: SearchConfig, data: Cifar10, device: torch.device, group: Group = Group()):
+        self.config, self.device, self.group = config, device, group
+        if config.batch_size % (group.world * config.micro_batches):
+            raise UserError(f"batch_size {config.batch_size} must split evenly into {group.world} processes x "
+                            f"{config.micro_batches} micro-batches; change --set batch_size or micro_batches")
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -91,26 +95,38 @@ class Search:
         self.step = 0            # iterations done (one weight step each, plus an arch step after warm-up)
         self.arch_steps = 0
         self.best_sampled: tuple[float, tuple] | None = None  # (lowest single val-batch loss, arch): "PB"
+        self.pending_losses: dict[str, list[float]] = {"weight": [], "arch": []}  # since the last log record
         self.elapsed = 0.0       # search seconds over all sessions of this run
         self.cpu_elapsed = 0.0
 
     # -- one iteration --------------------------------------------------------------------------
+    def local_chunks(self, x: torch.Tensor, y: torch.Tensor):
+        """This rank's share of the global batch: chunks ``rank*m .. rank*m + m - 1`` of ``world*m``."""
+        m, group = self.config.micro_batches, self.group
+        xs, ys = x.chunk(group.world * m), y.chunk(group.world * m)
+        return list(zip(xs, ys))[group.rank * m:(group.rank + 1) * m], group.world * m
+
     def arch_step(self) -> float:
         strategy = self.strategy
         sample = strategy.ask("arch")
         x, y = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
         strategy.set_schedule(cosine(self.epoch_in_search() / max(1, self.config.epochs - self.config.warmup_epochs)),
                               self.arch_steps / max(1, self.search_steps))
-        if strategy.needs_gate_grad:
-            gates = sample.gates.detach().clone().requires_grad_()
-            loss = F.cross_entropy(self.model(x, gates, sample.active, sample.unit, sample.inactive_grad), y)
-            # autograd.grad computes only what the gates need: no weight gradients are accumulated
-            (gate_grad,) = torch.autograd.grad(loss, gates)
-        else:
-            with torch.no_grad():
-                loss = F.cross_entropy(self.model(x, sample.gates, sample.active), y)
-            gate_grad = None
-        value = self.checked(loss)
+        chunks, total = self.local_chunks(x, y)
+        loss_sum = torch.zeros((), device=self.device)
+        gate_grad = torch.zeros_like(sample.gates) if strategy.needs_gate_grad else None
+        for xc, yc in chunks:
+            if strategy.needs_gate_grad:
+                gates = sample.gates.detach().clone().requires_grad_()
+                loss = F.cross_entropy(self.model(xc, gates, sample.active, sample.unit, sample.inactive_grad), yc) / total
+                # autograd.grad computes only what the gates need: no weight gradients are accumulated
+                gate_grad += torch.autograd.grad(loss, gates)[0]
+            else:
+                with torch.no_grad():
+                    loss = F.cross_entropy(self.model(xc, sample.gates, sample.active), yc) / total
+            loss_sum += loss.detach()
+        self.group.sum_([loss_sum] if gate_grad is None else [loss_sum, gate_grad])
+        value = self.checked(loss_sum)
         strategy.tell(sample, value, gate_grad, "arch")
         self.arch_steps += 1
         if self.best_sampled is None or value < self.best_sampled[0]:
@@ -125,15 +141,21 @@ class Search:
             group["lr"] = lr
         # Sparse samples run their active ops unscaled: the forward value is the same and nothing needs dL/dgate.
         gates = None if sample.active is not None else sample.gates.detach()
-        loss = F.cross_entropy(self.model(x, gates, sample.active), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks, total = self.local_chunks(x, y)
+        loss_sum = torch.zeros((), device=self.device)
+        for xc, yc in chunks:
+            loss = F.cross_entropy(self.model(xc, gates, sample.active), yc) / total
+            loss.backward()
+            loss_sum += loss.detach()
         params = [p for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        self.group.sum_([loss_sum] + grads)
+        value = self.checked(loss_sum)
         with torch.no_grad():
-            torch._foreach_add_([p.grad for p in params], params, alpha=self.config.w_weight_decay)
+            torch._foreach_add_(grads, params, alpha=self.config.w_weight_decay)
         torch.nn.utils.clip_grad_norm_(params, self.config.w_grad_clip)
         self.optimizer.step()
-        value = self.checked(loss)
         self.strategy.tell(sample, value, None, phase)
         return value
 
@@ -175,6 +197,7 @@ class Search:
     def state_dict(self) -> dict:
         return {
             "step": self.step, "arch_steps": self.arch_steps, "elapsed": self.elapsed,
+            "pending_losses": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.pending_losses.items()},
             "cpu_elapsed": self.cpu_elapsed,
             "best_sampled": None if self.best_sampled is None else [self.best_sampled[0], list(self.best_sampled[1])],
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -188,6 +211,7 @@ class Search:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.arch_steps = state["step"], state["arch_steps"]
         self.elapsed, self.cpu_elapsed = state["elapsed"], state["cpu_elapsed"]
+        self.pending_losses = {k: v.tolist() for k, v in state["pending_losses"].items()}
         bs = state["best_sampled"]
         self.best_sampled = None if bs is None else (bs[0], tuple(bs[1]))
         self.model.load_state_dict(state["model"])
@@ -206,9 +230,9 @@ class Search:
         from tqdm.auto import tqdm
 
         config = self.config
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="it",
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and self.group.is_main), unit="it",
                    desc=f"{config.strategy} on {config.space}", dynamic_ncols=True)
-        losses = {"weight": [], "arch": []}
+        losses = self.pending_losses
         start, cpu_start = time.perf_counter(), time.process_time()
         while self.step < self.total_steps:
             if stop_after is not None and self.step >= stop_after:
@@ -217,25 +241,26 @@ class Search:
                 losses["arch"].append(self.arch_step())
             losses["weight"].append(self.weight_step("weight" if self.in_search_phase() else "warmup"))
             self.step += 1
+            crash_point("step")
             bar.update()
             if self.step % config.log_every == 0 or self.step == self.total_steps:
-                record = self.log_record(losses)
+                record = self.log_record(losses, self.elapsed + time.perf_counter() - start)
                 folder.log(record)
-                losses = {"weight": [], "arch": []}
+                losses = self.pending_losses = {"weight": [], "arch": []}
                 bar.set_postfix(loss=f"{record['weight_loss']:.3f}", acc=record.get("nb201_cifar10", "-"))
             if self.step % config.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0:
                 self.elapsed += time.perf_counter() - start
                 self.cpu_elapsed += time.process_time() - cpu_start
                 start, cpu_start = time.perf_counter(), time.process_time()
-                folder.save_checkpoint(self.state_dict(), self.step)
+                folder.save_checkpoint(self.state_dict())
         bar.close()
         self.elapsed += time.perf_counter() - start
         self.cpu_elapsed += time.process_time() - cpu_start
         return self.finish(folder)
 
-    def log_record(self, losses: dict) -> dict:
+    def log_record(self, losses: dict, seconds: float) -> dict:
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "arch_steps": self.arch_steps,
-                  "weight_loss": float(np.mean(losses["weight"]))}
+                  "seconds": round(seconds, 3), "weight_loss": float(np.mean(losses["weight"]))}
         if losses["arch"]:
             record["arch_loss"] = float(np.mean(losses["arch"]))
         if self.strategy.updates_theta:

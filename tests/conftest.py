@@ -4,6 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# The tests' tensors are tiny: one thread is as fast as two, and immune to oversubscription when the machine
+# is shared (two OpenMP threads per process on a busy 2-core box can run 50x slower).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
@@ -25,3 +30,19 @@ def synthetic_cifar():
     y = torch.randint(0, 10, (n,), generator=g)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     return Cifar10(train_x=x, train_y=y, test_x=x[:64], test_y=y[:64], classes=classes)
+
+
+@pytest.fixture(scope="session")
+def tiny_pickles(tmp_path_factory) -> str:
+    """A small data set in the official CIFAR-10 python format (5 x 120 training and 64 test images)."""
+    import pickle
+
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("tiny") / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 120) for i in range(1, 6)] + [("test_batch", 64)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}
+        (root / name).write_bytes(pickle.dumps(batch))
+    return str(root)

@@ -76,6 +76,7 @@ def test_existing_run_folder_is_not_overwritten(capsys, tmp_path, cifar_path):
     assert json.loads((out / "result.json").read_text()) == {"precious": True}
     code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--resume")
     assert code == 2 and "nothing to resume" in one_error_line(err)
+    assert json.loads((out / "result.json").read_text()) == {"precious": True}
 
 
 def test_empty_data_folder(capsys, tmp_path):
