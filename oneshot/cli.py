@@ -56,6 +56,18 @@ def build_parser() -> Parser:
     e.add_argument("--space", default="nb201")
     e.add_argument("--example", action="store_true", help="print the best cell of the table as an example")
 
+    t = commands.add_parser("toy", help="the AdvantageNAS toy task: 8 estimators recover a teacher architecture")
+    t.add_argument("--trials", type=int, default=10)
+    t.add_argument("--iterations", type=int, default=2000)
+    t.add_argument("--methods", nargs="+", help="strategies to compare (default: the paper's eight)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/toy", help="folder for toy.json and toy.png")
+    t.add_argument("--quiet", action="store_true")
+
+    r = commands.add_parser("report", help="table and curves from search run folders")
+    r.add_argument("runs", nargs="+", help="run folders (each with result.json)")
+    r.add_argument("--out", help="also write report.md, report.json and curves.png here")
+
     commands.add_parser("strategies", help="list the search strategies")
     commands.add_parser("spaces", help="list the search spaces")
     return parser
@@ -130,6 +142,27 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_toy(args) -> int:
+    from .toy import run_toy
+
+    result = run_toy(trials=args.trials, iterations=args.iterations, methods=args.methods, out_dir=args.out,
+                     seed=args.seed, progress=not args.quiet)
+    print(f"{'method':<18} {'median iters to teacher':>24} {'trials found':>13} {'final loss x100':>16}")
+    for summary in result["summary"].values():
+        iters = summary["median_iterations_to_threshold"]
+        print(f"{summary['label']:<18} {'never' if iters is None else f'{iters:.0f}':>24} "
+              f"{summary['trials_reaching_threshold']:>10}/{args.trials:<2} {summary['final_median_x100']:>16.3f}")
+    print(f"-> {args.out}/toy.json, {args.out}/toy.png")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    print(report(args.runs, args.out))
+    return 0
+
+
 def cmd_list(args) -> int:
     if args.command == "strategies":
         from .strategies import available
@@ -148,7 +181,8 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": cmd_search, "evaluate": cmd_evaluate}.get(args.command, cmd_list)
+        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy,
+                   "report": cmd_report}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:
         print(f"oneshot: error: {e}", file=sys.stderr)

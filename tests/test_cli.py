@@ -112,3 +112,40 @@ def test_corrupt_checkpoint_is_refused(capsys, tmp_path, cifar_path):
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--resume")
     assert code == 2 and "is corrupt" in one_error_line(err)
+
+
+def test_unwritable_output_folder(capsys, tmp_path, tiny_pickles):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", tiny_pickles, "--out", str(blocker / "run"))
+    assert code == 2 and "cannot write the run folder" in one_error_line(err) and "--out" in err
+    assert blocker.read_text() == "keep me"
+
+
+def test_corrupt_image_in_data_tree(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "data" / split / "cat" / "0.png")
+    (tmp_path / "data" / "train" / "cat" / "1.png").write_bytes(b"\x89PNG broken")
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", str(tmp_path / "data"), "--out",
+                       str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "cannot decode image" in one_error_line(err) and "1.png" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_pickle_batch(capsys, tmp_path, tiny_pickles):
+    import shutil
+
+    broken = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(tiny_pickles, broken)
+    (broken / "data_batch_3").write_bytes(b"garbage")
+    code, _, err = run(capsys, "search", "--preset", "smoke", "--data", str(broken), "--out", str(tmp_path / "run"))
+    assert code == 2 and "data_batch_3" in one_error_line(err)
+
+
+def test_resume_and_overwrite_together(capsys, tmp_path):
+    code, _, err = run(capsys, "search", "--resume", "--overwrite", "--out", str(tmp_path))
+    assert code == 2 and "contradict" in one_error_line(err)
