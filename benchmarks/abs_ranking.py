@@ -103,14 +103,17 @@ def run_seed(args, seed, data, device, archs, truth_sample, truth_all, all_archs
               "magnitude": magnitudes_of(space, state, archs).tolist(),
               "random": torch.rand(len(archs), generator=torch.Generator().manual_seed(seed)).tolist(),
               "acc_without_rebn": [], "acc_with_rebn": []}
-    for arch in archs:
+    for i, arch in enumerate(archs):
+        if i % 50 == 0:
+            print(f"seed {seed}: accuracies of child {i}/{len(archs)}", flush=True)
         child = child_from_supernet(space, search.model, arch).eval()
         scores["acc_without_rebn"].append(accuracy(child, xv, yv, device))
         recompute_bn(child, xb, device)
         scores["acc_with_rebn"].append(accuracy(child, xv, yv, device))
     return {"seed": seed, "tau": {m: tau(scores[m], truth_sample) for m in METRICS},
             "angle_all_tau": tau(angles_of(space, theta0, state, all_archs), truth_all),
-            "per_epoch": per_epoch, "train_seconds": round(train_seconds, 1),
+            "per_epoch": per_epoch, "scores": {m: np.round(scores[m], 6).tolist() for m in METRICS},
+            "train_seconds": round(train_seconds, 1),
             "metric_seconds": round(time.perf_counter() - started, 1), "config": config.to_dict()}
 
 
@@ -137,7 +140,7 @@ def plot(result, path) -> None:
     ax_bar.set_xticks(range(len(DATASETS)), DATASETS)
     ax_bar.set(ylabel="Kendall τ vs NB201", title=f"{result['archs']} children, {len(result['runs'])} seed(s)")
     ax_bar.axhline(0, color="k", lw=0.5)
-    ax_bar.legend(fontsize=7)
+    ax_bar.legend(fontsize=7, ncol=len(METRICS), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     for r in result["runs"]:
         epochs = [e["epoch"] for e in r["per_epoch"]]
         ax_epoch.plot(epochs, [e["angle_all"][0] for e in r["per_epoch"]], marker=".", label=f"seed {r['seed']}")
@@ -182,7 +185,8 @@ def main() -> None:
     result = {"datasets": list(DATASETS), "archs": len(archs), "sample_seed": args.sample_seed,
               "preset": args.preset, "set": args.set or [], "device": str(device),
               "val_images": args.val_images, "rebn_images": args.rebn_images,
-              "summary": summarise(runs), "paper": PAPER, "runs": runs}
+              "summary": summarise(runs), "paper": PAPER, "sample": [space.to_string(a) for a in archs],
+              "truth_sample": truth_sample.tolist(), "runs": runs}
     out = Path(__file__).parent / "results" / f"abs_ranking{args.tag}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.parent.joinpath(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")

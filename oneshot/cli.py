@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -47,9 +48,25 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="run folder (default: runs/SPACE-STRATEGY-PRESET-sSEED)")
     s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--shrink", choices=["abs"], help="first shrink the space with ABS (into OUT/shrink), then search")
+    s.add_argument("--space-from", metavar="RUN_DIR", help="search the space kept by an earlier 'oneshot shrink' run")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    k = commands.add_parser("shrink", help="ABS: train a uniform single-path supernet, drop low-angle operators")
+    k.add_argument("--space", default="nb201")
+    k.add_argument("--space-option", action="append", metavar="NAME=VALUE", help="e.g. ops=5 (NB201 with 'none')")
+    k.add_argument("--preset", default="cpu")
+    k.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a preset setting")
+    k.add_argument("--drop", type=int, help="operators to drop (default: 2/3 of them, 20 of 30 on NB201 with 'none')")
+    k.add_argument("--data")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--out", help="run folder (default: runs/SPACE-abs-PRESET-sSEED)")
+    k.add_argument("--device", default="auto")
+    k.add_argument("--resume", action="store_true")
+    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--quiet", action="store_true")
 
     e = commands.add_parser("evaluate", help="look an architecture up in a tabular benchmark")
     e.add_argument("architecture", nargs="?", help="e.g. '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|...|'")
@@ -86,6 +103,8 @@ def cmd_search(args) -> int:
                     space_options=parse_assignments(args.space_option, "--space-option"),
                     strategy_options=parse_assignments(args.hp, "--hp"),
                     **parse_assignments(args.set, "--set"))
+    if args.space_from:
+        config = config.replace(restrict=kept_choices(args.space_from, config))
     create(config.strategy, create_space(config.space, **config.space_options), **config.strategy_options)
     out = args.out or f"runs/{config.space}-{config.strategy}-{args.preset}-s{config.seed}"
     if args.resume and args.overwrite:
@@ -93,6 +112,8 @@ def cmd_search(args) -> int:
     group, device = from_environment(resolve_device(args.device))  # one process unless launched by torchrun
     try:
         data = load_cifar10(args.data)  # before the folder is touched: bad data must not leave a half-made run
+        if args.shrink == "abs":
+            config = shrink_first(config, data, out, device, group, args)
         # Rank 0 makes (or checks) the folder first; the others follow only if that worked.
         error = None
         if group.is_main:
@@ -116,6 +137,57 @@ def cmd_search(args) -> int:
     if result.get("nb201"):
         summary += f"  NB201 CIFAR-10 {result['nb201']['cifar10']:.2f}% (rank {result['nb201']['cifar10_rank']})"
     print(f"{summary}  [{result['search_seconds']:.0f} s]  -> {out}/result.json")
+    return 0
+
+
+def kept_choices(run_dir: str, config) -> dict:
+    """The choices an ABS run kept, checked against the space the user asked for."""
+    from .shrinking import load_shrunk_space
+
+    record_path = os.path.join(run_dir, "shrink.json")
+    space = load_shrunk_space(run_dir)
+    record = json.loads(open(record_path).read())
+    if record["space"] != config.space or record["space_options"] != config.space_options:
+        raise UserError(f"{run_dir} shrank {record['space']} {record['space_options']}, not {config.space} "
+                        f"{config.space_options}; pass the same --space and --space-option")
+    return {d.name: list(d.choices) for d in space.decisions}
+
+
+def shrink_first(config, data, out, device, group, args):
+    """``--shrink abs``: ABS into OUT/shrink (resumable too), then the search runs on the kept choices."""
+    from .runs import RunFolder
+    from .shrinking import abs_shrink
+
+    if group.world > 1:
+        raise UserError("--shrink abs runs in one process; shrink first with 'oneshot shrink', then search "
+                        "with torchrun and --space-from")
+    if not args.resume and not args.overwrite and RunFolder.holds_run(out):
+        RunFolder.refuse(out)  # before the shrink folder inside it is touched
+    shrink_dir = os.path.join(out, "shrink")
+    if not (args.resume and os.path.exists(os.path.join(shrink_dir, "shrink.json"))):
+        resume = args.resume and os.path.exists(os.path.join(shrink_dir, "checkpoint.pt"))
+        abs_shrink(config, data, shrink_dir, device, resume=resume, overwrite=not resume, progress=not args.quiet)
+    return config.replace(restrict=kept_choices(shrink_dir, config))
+
+
+def cmd_shrink(args) -> int:
+    from .config import preset
+    from .data import load_cifar10
+    from .shrinking import abs_shrink
+    from .trainer import resolve_device
+
+    config = preset(args.preset, space=args.space, strategy="random", seed=args.seed,
+                    space_options=parse_assignments(args.space_option, "--space-option"),
+                    **parse_assignments(args.set, "--set"))
+    out = args.out or f"runs/{config.space}-abs-{args.preset}-s{config.seed}"
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    data = load_cifar10(args.data)
+    space = abs_shrink(config, data, out, resolve_device(args.device), n_drop=args.drop, resume=args.resume,
+                       overwrite=args.overwrite, progress=not args.quiet)
+    for d in space.decisions:
+        print(f"{d.name}: {', '.join(d.choices)}")
+    print(f"{space.size} architectures kept -> {out}/shrink.json; search them with --space-from {out}")
     return 0
 
 
@@ -181,8 +253,8 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy,
-                   "report": cmd_report}.get(args.command, cmd_list)
+        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report,
+                   "shrink": cmd_shrink}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:
         print(f"oneshot: error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from .errors import UserError
 class SearchConfig:
     space: str = "nb201"
     space_options: dict = field(default_factory=dict)  # e.g. {"ops": 5} for NB201 with 'none'
+    restrict: dict = field(default_factory=dict)  # kept choices per decision, e.g. from ABS shrinking
     strategy: str = "advantage"
     strategy_options: dict = field(default_factory=dict)  # hyper-parameters passed to strategies.create
     seed: int = 0

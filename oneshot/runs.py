@@ -52,14 +52,13 @@ class RunFolder:
         self.config = config
         self.writer = writer
         self.resumed_state: dict | None = None
-        existing = self.path.exists() and any(self.path.iterdir())
+        existing = self.holds_run(self.path)
         if resume:
             self._open_for_resume()
         elif not writer:
             pass
         elif existing and not overwrite:
-            raise UserError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
-                            "replace it, or choose another --out")
+            self.refuse(self.path)
         else:
             if existing:
                 for name in RUN_FILES + tuple(n + ".tmp" for n in RUN_FILES):
@@ -69,6 +68,15 @@ class RunFolder:
                 atomic_write(self.path / "config.json", lambda h: h.write(json.dumps(config, indent=2).encode()))
             except OSError as e:
                 raise UserError(f"cannot write the run folder {self.path} ({e.strerror}); choose another --out") from None
+
+    @staticmethod
+    def holds_run(path) -> bool:
+        return any((Path(path) / name).exists() for name in RUN_FILES)
+
+    @staticmethod
+    def refuse(path) -> None:
+        raise UserError(f"{path} already holds a run; pass --resume to continue it, --overwrite to "
+                        "replace it, or choose another --out")
 
     def _open_for_resume(self) -> None:
         checkpoint = self.path / "checkpoint.pt"

@@ -71,9 +71,8 @@ class MixedOp(nn.Module):
                 y = UnitGate.apply(y, gate[k]) if unit_gates else gate[k] * y
             out = y if out is None else out + y
         if inactive_grad and gate is not None and gate.requires_grad:
-            inactive = torch.ones_like(gate)
-            inactive[list(active)] = 0
-            out = InactiveGates.apply(out, gate, inactive)
+            # one-hot samples: the ops that did not run are those whose gate is 0 (no host-to-device index copy)
+            out = InactiveGates.apply(out, gate, (gate.detach() == 0).to(gate.dtype))
         return out
 
 

@@ -82,9 +82,9 @@ class ToyTrial:
             if it == iterations:
                 break
             # --- one architecture step, as trainer.Search.arch_step does it -----------------------------
+            strategy.set_schedule(1.0, it / iterations)
             sample = strategy.ask("arch")
             x = inputs(data, self.batch_size)
-            strategy.set_schedule(1.0, it / iterations)
             with torch.no_grad():
                 feats = network.features(x)  # shared by teacher and student: the convs are the same
                 target = network.head_output(feats, None, self.teacher_active)
@@ -123,7 +123,8 @@ def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | N
             batch_size: int = 100) -> dict:
     """Run the toy experiment; returns (and, with ``out_dir``, writes to toy.json and toy.png) the results.
 
-    ``methods``: strategy names; None runs every registered one of ``ALL_METHODS``.
+    ``methods``: strategy names; None runs every registered one of ``ALL_METHODS``. Trial ``t`` uses the seed
+    ``1000 * seed + t`` for its convs, teacher and batches, and for every strategy's sampler.
     """
     from tqdm.auto import tqdm
 
@@ -165,6 +166,7 @@ def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | N
             "label": LABELS.get(m, m),
             "median_iterations_to_threshold": med if np.isfinite(med) else None,
             "trials_reaching_threshold": int(np.isfinite(reach).sum()),
+            "trials_below_threshold_at_end": int((c[:, -1] < THRESHOLD_X100).sum()),
             "final_median_x100": float(np.median(c[:, -1])),
             "median_x100_at_600": float(np.median(c[:, 600 // eval_every])) if iterations >= 600 else None,
             "mean_positions_correct": float(np.mean([d["positions_correct"] for d in details[m]])),
@@ -210,7 +212,7 @@ def plot_toy(result: dict, path: str | Path, xmax: int = 600) -> None:
              title=f"median and 25-75 % over {result['config']['trials']} trials")
     right.set(xlabel="iteration", ylabel=f"fraction of trials with loss x 100 < {threshold:g}", xlim=(0, x[-1]),
               ylim=(0, 1.02), title="teacher found")
-    left.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=8, fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -79,6 +79,8 @@ class Search:
         random.seed(config.seed)
         np.random.seed(config.seed)
         self.space = create_space(config.space, **config.space_options)
+        if config.restrict:
+            self.space = self.space.restrict(config.restrict)
         self.model = self.space.build_supernet(channels=config.channels, cells_per_stage=config.cells_per_stage,
                                                op_style=config.op_style).to(device)
         self.strategy = strategies.create(config.strategy, self.space, seed=config.seed, device=device,
@@ -108,10 +110,10 @@ class Search:
 
     def arch_step(self) -> float:
         strategy = self.strategy
-        sample = strategy.ask("arch")
-        x, y = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
         strategy.set_schedule(cosine(self.epoch_in_search() / max(1, self.config.epochs - self.config.warmup_epochs)),
                               self.arch_steps / max(1, self.search_steps))
+        sample = strategy.ask("arch")
+        x, y = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
         chunks, total = self.local_chunks(x, y)
         loss_sum = torch.zeros((), device=self.device)
         gate_grad = torch.zeros_like(sample.gates) if strategy.needs_gate_grad else None

@@ -149,3 +149,32 @@ def test_corrupt_pickle_batch(capsys, tmp_path, tiny_pickles):
 def test_resume_and_overwrite_together(capsys, tmp_path):
     code, _, err = run(capsys, "search", "--resume", "--overwrite", "--out", str(tmp_path))
     assert code == 2 and "contradict" in one_error_line(err)
+
+
+def test_shrink_then_search_the_kept_space(capsys, tmp_path, tiny_pickles):
+    shrink_dir, run_dir = tmp_path / "shrink", tmp_path / "run"
+    small = ["--set", "n_weight=256", "--set", "n_arch=256"]
+    code, out, _ = run(capsys, "shrink", "--space", "nb201", "--preset", "smoke", "--data", tiny_pickles,
+                       "--out", str(shrink_dir), "--quiet", "--device", "cpu", *small)
+    assert code == 0 and "architectures kept" in out
+    record = json.loads((shrink_dir / "shrink.json").read_text())
+    kept = record["kept"]
+    assert sum(len(v) for v in kept.values()) == 24 - 16 and all(kept.values())
+    code, _, _ = run(capsys, "search", "--space-from", str(shrink_dir), "--strategy", "advantage", "--preset", "smoke",
+                     "--data", tiny_pickles, "--out", str(run_dir), "--quiet", "--device", "cpu", *small)
+    assert code == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    import re
+
+    chosen = re.findall(r"(\w+)~\d", result["architecture"])
+    edge_names = ["edge10", "edge20", "edge21", "edge30", "edge31", "edge32"]
+    assert len(chosen) == 6 and all(op in kept[name] for op, name in zip(chosen, edge_names))
+    assert json.loads((run_dir / "config.json").read_text())["restrict"] == kept
+    code, _, err = run(capsys, "search", "--space-from", str(shrink_dir), "--space-option", "ops=5", "--preset",
+                       "smoke", "--data", tiny_pickles, "--out", str(tmp_path / "other"), *small)
+    assert code == 2 and "pass the same --space" in one_error_line(err)
+
+
+def test_space_from_a_folder_without_shrink_result(capsys, tmp_path):
+    code, _, err = run(capsys, "search", "--space-from", str(tmp_path), "--preset", "smoke")
+    assert code == 2 and "--space-from" in one_error_line(err)

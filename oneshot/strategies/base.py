@@ -134,13 +134,15 @@ class ThetaStrategy(Strategy):
         self.optimizer.step()
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict()}
+        return {**super().state_dict(), "theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "progress": self.progress}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         with torch.no_grad():
             self.theta.copy_(state["theta"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = state["progress"]
 
 
 # --- registry --------------------------------------------------------------------------------------

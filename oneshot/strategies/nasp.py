@@ -13,7 +13,7 @@ import math
 import torch
 
 from .base import Sample, ThetaStrategy, register
-from .gdas import gumbel_noise, perturbed_scores
+from .gumbel import gumbel_noise, perturbed_scores
 
 
 def project(theta: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

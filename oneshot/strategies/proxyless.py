@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UserError
 from .base import Sample, ThetaStrategy, register
-from .gdas import gumbel_noise, perturbed_scores
+from .gumbel import gumbel_noise, perturbed_scores
 
 
 def proxyless_gradient(theta: torch.Tensor, pair: torch.Tensor, gate_grad: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import math
 import torch
 
 from .base import Sample, ThetaStrategy, register
-from .gdas import gumbel_noise, perturbed_scores, relaxed_sample
+from .gumbel import gumbel_noise, perturbed_scores, relaxed_sample
 
 
 def snas_temperature(progress: float, tau_min: float = 0.01) -> float:
@@ -36,7 +36,7 @@ class SNASRelaxed(ThetaStrategy):
 
     def ask(self, phase: str) -> Sample:
         noise = gumbel_noise(self.theta.shape, self.generator).to(self.device)
-        # τ from the last progress given to set_schedule (the trainer calls it after ask: n-1 arch steps done)
+        # τ at n = arch steps done (the trainer calls set_schedule before ask)
         tau = snas_temperature(self.progress, self.tau_min)
         with torch.no_grad():
             gates = relaxed_sample(self.logits(), noise, tau)
@@ -53,10 +53,3 @@ class SNASRelaxed(ThetaStrategy):
         (grad,) = torch.autograd.grad(a, self.theta, gate_grad.to(self.device))
         self.pending = None
         self.apply_gradient(grad)
-
-    def state_dict(self):
-        return {**super().state_dict(), "progress": self.progress}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.progress = state["progress"]

@@ -1,0 +1,161 @@
+"""A table and a figure from finished run folders: ``report(["runs/a-s0", "runs/a-s1", ...], out="report/")``.
+
+Runs are grouped by method: the strategy name from result.json plus its non-default hyper-parameters
+(``config["strategy_options"]``) and space options, so ``advantage`` and ``advantage (baseline=true)`` get rows of
+their own. Accuracies are NB201 CIFAR-10 test accuracies (``cifar10``: ori-test, 200 epochs, seed mean) of the
+final argmax architecture ("AM") and of the best sampled one ("PB"); ± is the sample standard deviation (n-1)
+over seeds, left out when a method has a single seed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+CURVE_POINTS = 200
+
+
+def load_run(path: str | Path) -> dict:
+    """``{"path", "config", "result", "records"}`` of one finished run folder."""
+    path = Path(path)
+    if not (path / "result.json").exists():
+        hint = ("it has not finished; continue it with 'oneshot search --resume --out {0}'"
+                if (path / "checkpoint.pt").exists() else "is it a run folder?")
+        raise UserError(f"{path} has no result.json; {hint.format(path)}")
+    try:
+        result = json.loads((path / "result.json").read_text())
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        log = path / "log.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+    except ValueError as e:
+        raise UserError(f"{path} holds a corrupt JSON file ({e}); rerun that search with --overwrite") from None
+    return {"path": str(path), "config": config, "result": result, "records": records}
+
+
+def method_label(run: dict) -> str:
+    options = {**run["config"].get("space_options", {}), **run["config"].get("strategy_options", {})}
+    name = run["result"].get("strategy") or run["config"].get("strategy", "?")
+    if not options:
+        return name
+    return f"{name} ({', '.join(f'{k}={json.dumps(v)}' for k, v in sorted(options.items()))})"
+
+
+def mean_std(values: Sequence[float]) -> dict | None:
+    if not values:
+        return None
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "n": len(v), "values": v.tolist()}
+
+
+def fmt(stat: dict | None, digits: int = 2) -> str:
+    if stat is None:
+        return "–"
+    text = f"{stat['mean']:.{digits}f}"
+    return text if stat["std"] is None else f"{text} ± {stat['std']:.{digits}f}"
+
+
+def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, NB201 accuracy) of the logged argmax architectures. Records carry ``seconds`` when the
+    trainer logs it; otherwise time is assumed proportional to the step (the run's search_seconds at its end)."""
+    records = [r for r in run["records"] if "nb201_cifar10" in r]
+    result = run["result"]
+    scale = result.get("search_seconds", 0.0) / max(1, result.get("iterations") or records[-1]["step"]) \
+        if records else 0.0
+    t = [r["seconds"] if "seconds" in r else r["step"] * scale for r in records]
+    return np.asarray(t, dtype=float), np.asarray([r["nb201_cifar10"] for r in records], dtype=float)
+
+
+def median_curve(runs: list[dict]) -> dict | None:
+    """Median over seeds on a common time grid; each run holds its last logged value (a step function)."""
+    curves = [c for c in map(curve, runs) if len(c[0])]
+    if not curves:
+        return None
+    grid = np.linspace(0.0, max(t[-1] for t, _ in curves), CURVE_POINTS)
+    rows = []
+    for t, acc in curves:
+        index = np.searchsorted(t, grid, side="right") - 1
+        rows.append(np.where(index >= 0, acc[np.maximum(index, 0)], np.nan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before the first log
+        median = np.nanmedian(np.asarray(rows), axis=0)
+    return {"seconds": grid.tolist(), "median_cifar10": [None if np.isnan(v) else float(v) for v in median]}
+
+
+def summarise(runs: list[dict]) -> dict:
+    results = [r["result"] for r in runs]
+    am = [r["nb201"]["cifar10"] for r in results if r.get("nb201", {}).get("cifar10") is not None]
+    pb = [r["best_sampled"]["nb201"]["cifar10"] for r in results
+          if (r.get("best_sampled") or {}).get("nb201", {}).get("cifar10") is not None]
+    ranks = [r["nb201"]["cifar10_rank"] for r in results if r.get("nb201", {}).get("cifar10_rank") is not None]
+    return {
+        "runs": [r["path"] for r in runs], "seeds": [r["result"].get("seed") for r in runs],
+        "am_cifar10": mean_std(am), "pb_cifar10": mean_std(pb),
+        "mean_rank": float(np.mean(ranks)) if ranks else None,
+        "search_seconds": float(np.mean([r.get("search_seconds", np.nan) for r in results])),
+        "cpu_seconds": float(np.mean([r.get("cpu_seconds", np.nan) for r in results])),
+        "curve": median_curve(runs),
+    }
+
+
+def seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def table(methods: dict[str, dict]) -> str:
+    lines = ["| method | seeds | AM CIFAR-10 test acc. (%) | PB CIFAR-10 test acc. (%) | mean AM rank | "
+             "search time (s) | CPU (s) |", "|---|---|---|---|---|---|---|"]
+    for label, m in methods.items():
+        rank = "–" if m["mean_rank"] is None else f"{m['mean_rank']:.0f}"
+        lines.append(f"| {label} | {len(m['runs'])} | {fmt(m['am_cifar10'])} | {fmt(m['pb_cifar10'])} | {rank} | "
+                     f"{seconds(m['search_seconds'])} | {seconds(m['cpu_seconds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(methods: dict[str, dict], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, m in methods.items():
+        if m["curve"]:
+            y = np.array([np.nan if v is None else v for v in m["curve"]["median_cifar10"]])
+            ax.plot(m["curve"]["seconds"], y, label=f"{label} (n={len(m['runs'])})", lw=1.2)
+    ax.set(xlabel="search wall-clock time (s)", ylabel="NB201 CIFAR-10 test acc. (%), argmax",
+           title="median over seeds")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(run_dirs: Sequence[str], out: str | None = None) -> str:
+    """The Markdown table of the runs in ``run_dirs``; with ``out``, also writes report.md, report.json and
+    curves.png there."""
+    if not run_dirs:
+        raise UserError("no run folders given; pass the folders that 'oneshot search' wrote")
+    groups: dict[str, list[dict]] = {}
+    for path in run_dirs:
+        run = load_run(path)
+        groups.setdefault(method_label(run), []).append(run)
+    methods = {label: summarise(runs) for label, runs in groups.items()}
+    text = table(methods)
+    if out is not None:
+        folder = Path(out)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write the report folder {folder} ({e.strerror}); choose another one") from None
+        (folder / "report.md").write_text(text)
+        (folder / "report.json").write_text(json.dumps(methods, indent=1))
+        plot_curves(methods, folder / "curves.png")
+    return text
