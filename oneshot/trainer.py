@@ -109,57 +109,69 @@ class Search:
         return list(zip(xs, ys))[group.rank * m:(group.rank + 1) * m], group.world * m
 
     def arch_step(self) -> float:
+        """``strategy.arch_samples`` architectures (ASNG ranks two), each evaluated on the same batch and told."""
         strategy = self.strategy
         strategy.set_schedule(cosine(self.epoch_in_search() / max(1, self.config.epochs - self.config.warmup_epochs)),
                               self.arch_steps / max(1, self.search_steps))
-        sample = strategy.ask("arch")
         x, y = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
         chunks, total = self.local_chunks(x, y)
-        loss_sum = torch.zeros((), device=self.device)
-        gate_grad = torch.zeros_like(sample.gates) if strategy.needs_gate_grad else None
-        for xc, yc in chunks:
-            if strategy.needs_gate_grad:
-                gates = sample.gates.detach().clone().requires_grad_()
-                loss = F.cross_entropy(self.model(xc, gates, sample.active, sample.unit, sample.inactive_grad), yc) / total
-                # autograd.grad computes only what the gates need: no weight gradients are accumulated
-                gate_grad += torch.autograd.grad(loss, gates)[0]
-            else:
-                with torch.no_grad():
-                    loss = F.cross_entropy(self.model(xc, sample.gates, sample.active), yc) / total
-            loss_sum += loss.detach()
-        self.group.sum_([loss_sum] if gate_grad is None else [loss_sum, gate_grad])
-        value = self.checked(loss_sum)
-        strategy.tell(sample, value, gate_grad, "arch")
+        values = []
+        for _ in range(strategy.arch_samples):
+            sample = strategy.ask("arch")
+            loss_sum = torch.zeros((), device=self.device)
+            gate_grad = torch.zeros_like(sample.gates) if strategy.needs_gate_grad else None
+            for xc, yc in chunks:
+                if strategy.needs_gate_grad:
+                    gates = sample.gates.detach().clone().requires_grad_()
+                    out = self.model(xc, gates, sample.active, sample.unit, sample.inactive_grad)
+                    loss = F.cross_entropy(out, yc) / total
+                    # autograd.grad computes only what the gates need: no weight gradients are accumulated
+                    gate_grad += torch.autograd.grad(loss, gates)[0]
+                else:
+                    with torch.no_grad():
+                        loss = F.cross_entropy(self.model(xc, sample.gates, sample.active), yc) / total
+                loss_sum += loss.detach()
+            self.group.sum_([loss_sum] if gate_grad is None else [loss_sum, gate_grad])
+            value = self.checked(loss_sum)
+            strategy.tell(sample, value, gate_grad, "arch")
+            if self.best_sampled is None or value < self.best_sampled[0]:
+                self.best_sampled = (value, sample.arch)
+            values.append(value)
         self.arch_steps += 1
-        if self.best_sampled is None or value < self.best_sampled[0]:
-            self.best_sampled = (value, sample.arch)
-        return value
+        return float(np.mean(values))
 
     def weight_step(self, phase: str) -> float:
-        sample = self.strategy.ask(phase)
-        x, y = next(self.train_stream)
+        """One SGD step on the mean loss of ``strategy.weight_samples`` architectures on one batch."""
         lr = self.config.w_lr * cosine(self.step // self.steps_per_epoch / self.config.epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # Sparse samples run their active ops unscaled: the forward value is the same and nothing needs dL/dgate.
-        gates = None if sample.active is not None else sample.gates.detach()
-        self.optimizer.zero_grad(set_to_none=True)
+        x, y = next(self.train_stream)
         chunks, total = self.local_chunks(x, y)
-        loss_sum = torch.zeros((), device=self.device)
-        for xc, yc in chunks:
-            loss = F.cross_entropy(self.model(xc, gates, sample.active), yc) / total
-            loss.backward()
-            loss_sum += loss.detach()
+        n = self.strategy.weight_samples
+        self.optimizer.zero_grad(set_to_none=True)
+        samples, losses = [], []
+        for _ in range(n):
+            sample = self.strategy.ask(phase)
+            # Sparse samples run their active ops unscaled: the same forward value, and nothing needs dL/dgate.
+            gates = None if sample.active is not None else sample.gates.detach()
+            loss_sum = torch.zeros((), device=self.device)
+            for xc, yc in chunks:
+                loss = F.cross_entropy(self.model(xc, gates, sample.active), yc) / (total * n)
+                loss.backward()
+                loss_sum += loss.detach()
+            samples.append(sample)
+            losses.append(loss_sum * n)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grads = [p.grad for p in params]
-        self.group.sum_([loss_sum] + grads)
-        value = self.checked(loss_sum)
+        self.group.sum_(losses + grads)
+        values = [self.checked(loss) for loss in losses]
         with torch.no_grad():
             torch._foreach_add_(grads, params, alpha=self.config.w_weight_decay)
         torch.nn.utils.clip_grad_norm_(params, self.config.w_grad_clip)
         self.optimizer.step()
-        self.strategy.tell(sample, value, None, phase)
-        return value
+        for sample, value in zip(samples, values):
+            self.strategy.tell(sample, value, None, phase)
+        return float(np.mean(values))
 
     def checked(self, loss: torch.Tensor) -> float:
         value = loss.item()

@@ -45,6 +45,8 @@ class Strategy:
     needs_gate_grad = True      # arch steps need dL/dgate (False: the loss alone, e.g. REINFORCE-style)
     updates_theta = True        # False: nothing to learn (random search); the trainer skips arch steps
     derive_by_validation = 0    # >0: the final architecture is the best of this many children on val data
+    arch_samples = 1            # architectures asked, evaluated on one shared batch and told, per arch step
+    weight_samples = 1          # architectures whose mean loss makes one weight step (ASNG: 2)
 
     def __init__(self, space: SearchSpace, seed: int = 0, device: str | torch.device = "cpu",
                  lr: float | None = None):
