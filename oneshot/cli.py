@@ -81,6 +81,13 @@ def build_parser() -> Parser:
     t.add_argument("--out", default="runs/toy", help="folder for toy.json and toy.png")
     t.add_argument("--quiet", action="store_true")
 
+    a = commands.add_parser("asng-toy", help="ASNG-NAS toy: iterations to target vs initial step size, ASNG/SNG/Adam")
+    a.add_argument("--deltas", type=float, nargs="+", help="initial δ (Adam: learning rate) values")
+    a.add_argument("--seeds", type=int, default=10, help="seeds per method and δ")
+    a.add_argument("--max-iter", type=int, default=100_000)
+    a.add_argument("--out", default="runs/asng_toy")
+    a.add_argument("--quiet", action="store_true")
+
     r = commands.add_parser("report", help="table and curves from search run folders")
     r.add_argument("runs", nargs="+", help="run folders (each with result.json)")
     r.add_argument("--out", help="also write report.md, report.json and curves.png here")
@@ -228,6 +235,16 @@ def cmd_toy(args) -> int:
     return 0
 
 
+def cmd_asng_toy(args) -> int:
+    from .asng_toy import DELTAS, run_asng_toy
+
+    record = run_asng_toy(deltas=args.deltas or DELTAS, seeds=tuple(range(args.seeds)), max_iter=args.max_iter,
+                          out_dir=args.out, progress=not args.quiet)
+    print(record["table"])
+    print(f"-> {args.out}/asng_toy.json, {args.out}/asng_toy.png")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import report
 
@@ -253,7 +270,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report,
+        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report, "asng-toy": cmd_asng_toy,
                    "shrink": cmd_shrink}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:

@@ -88,8 +88,20 @@ def median_curve(runs: list[dict]) -> dict | None:
     return {"seconds": grid.tolist(), "median_cifar10": [None if np.isnan(v) else float(v) for v in median]}
 
 
-def summarise(runs: list[dict]) -> dict:
+def accuracy_at(run: dict, budget: float) -> float | None:
+    """NB201 accuracy of the last argmax architecture logged within ``budget`` seconds of search: what a
+    method would have returned had it been stopped when the reference method finished (the paper cuts the
+    dense methods at equal wall-clock time)."""
+    t, acc = curve(run)
+    within = np.flatnonzero(t <= budget)
+    return float(acc[within[-1]]) if len(within) else None
+
+
+def summarise(runs: list[dict], budgets: dict | None = None) -> dict:
+    """``budgets``: seed -> seconds of the reference method's run with that seed (equal-time accuracy)."""
     results = [r["result"] for r in runs]
+    timed = [accuracy_at(r, budgets[r["result"].get("seed")]) for r in runs
+             if budgets and r["result"].get("seed") in budgets]
     am = [r["nb201"]["cifar10"] for r in results if r.get("nb201", {}).get("cifar10") is not None]
     pb = [r["best_sampled"]["nb201"]["cifar10"] for r in results
           if (r.get("best_sampled") or {}).get("nb201", {}).get("cifar10") is not None]
@@ -97,6 +109,7 @@ def summarise(runs: list[dict]) -> dict:
     return {
         "runs": [r["path"] for r in runs], "seeds": [r["result"].get("seed") for r in runs],
         "am_cifar10": mean_std(am), "pb_cifar10": mean_std(pb),
+        "am_cifar10_equal_time": mean_std([a for a in timed if a is not None]),
         "mean_rank": float(np.mean(ranks)) if ranks else None,
         "search_seconds": float(np.mean([r.get("search_seconds", np.nan) for r in results])),
         "cpu_seconds": float(np.mean([r.get("cpu_seconds", np.nan) for r in results])),
@@ -108,13 +121,16 @@ def seconds(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def table(methods: dict[str, dict]) -> str:
-    lines = ["| method | seeds | AM CIFAR-10 test acc. (%) | PB CIFAR-10 test acc. (%) | mean AM rank | "
-             "search time (s) | CPU (s) |", "|---|---|---|---|---|---|---|"]
+def table(methods: dict[str, dict], reference: str | None = None) -> str:
+    timed = f" AM at {reference}'s time (%) |" if reference else ""
+    lines = ["| method | seeds | AM CIFAR-10 test acc. (%) | PB CIFAR-10 test acc. (%) |" + timed +
+             " mean AM rank | search time (s) | CPU (s) |", "|---|---|---|---|" + ("---|" if reference else "") +
+             "---|---|---|"]
     for label, m in methods.items():
         rank = "–" if m["mean_rank"] is None else f"{m['mean_rank']:.0f}"
-        lines.append(f"| {label} | {len(m['runs'])} | {fmt(m['am_cifar10'])} | {fmt(m['pb_cifar10'])} | {rank} | "
-                     f"{seconds(m['search_seconds'])} | {seconds(m['cpu_seconds'])} |")
+        cell = f" {fmt(m['am_cifar10_equal_time'])} |" if reference else ""
+        lines.append(f"| {label} | {len(m['runs'])} | {fmt(m['am_cifar10'])} | {fmt(m['pb_cifar10'])} |{cell} "
+                     f"{rank} | {seconds(m['search_seconds'])} | {seconds(m['cpu_seconds'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,17 +154,20 @@ def plot_curves(methods: dict[str, dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def report(run_dirs: Sequence[str], out: str | None = None) -> str:
+def report(run_dirs: Sequence[str], out: str | None = None, reference: str | None = "advantage") -> str:
     """The Markdown table of the runs in ``run_dirs``; with ``out``, also writes report.md, report.json and
-    curves.png there."""
+    curves.png there. ``reference``: the method whose search time (per seed) sets the equal-time column."""
     if not run_dirs:
         raise UserError("no run folders given; pass the folders that 'oneshot search' wrote")
     groups: dict[str, list[dict]] = {}
     for path in run_dirs:
         run = load_run(path)
         groups.setdefault(method_label(run), []).append(run)
-    methods = {label: summarise(runs) for label, runs in groups.items()}
-    text = table(methods)
+    if reference not in groups:
+        reference = None
+    budgets = {r["result"].get("seed"): r["result"]["search_seconds"] for r in groups[reference]} if reference else None
+    methods = {label: summarise(runs, budgets) for label, runs in groups.items()}
+    text = table(methods, reference)
     if out is not None:
         folder = Path(out)
         try:

@@ -39,10 +39,13 @@ def test_table_values(runs, tmp_path):
     text = report(runs, str(tmp_path / "out"))
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
     assert list(rows) == ["advantage", "advantage (baseline=true)", "reinforce"]
-    # AM 93, 94: mean 93.50, sample std sqrt(0.5) = 0.71; PB 92, 91; ranks 100, 300; times 30, 10; CPU 20, 40
-    assert rows["advantage"] == "| advantage | 2 | 93.50 ± 0.71 | 91.50 ± 0.71 | 200 | 20.0 | 30.0 |"
-    assert rows["advantage (baseline=true)"] == "| advantage (baseline=true) | 1 | 90.00 | – | 5000 | 12.0 | 6.0 |"
-    assert rows["reinforce"] == "| reinforce | 1 | 88.50 | – | 9000 | 8.0 | 4.0 |"
+    # AM 93, 94: mean 93.50, sample std sqrt(0.5) = 0.71; PB 92, 91; ranks 100, 300; times 30, 10; CPU 20, 40.
+    # Equal time (advantage's own seconds per seed: 30 for seed 0, 10 for seed 1): run a0 logged 90 at 30 s,
+    # run a1 logged 60 at 10 s -> 75 ± 21.21; the other runs have no logged curve.
+    assert rows["advantage"] == "| advantage | 2 | 93.50 ± 0.71 | 91.50 ± 0.71 | 75.00 ± 21.21 | 200 | 20.0 | 30.0 |"
+    assert rows["advantage (baseline=true)"] == "| advantage (baseline=true) | 1 | 90.00 | – | – | 5000 | 12.0 | 6.0 |"
+    assert rows["reinforce"] == "| reinforce | 1 | 88.50 | – | – | 9000 | 8.0 | 4.0 |"
+    assert "AM at advantage's time" in text.splitlines()[0]
     out = tmp_path / "out"
     assert (out / "report.md").read_text() == text
     assert (out / "curves.png").stat().st_size > 1000

@@ -51,8 +51,6 @@ class Strategy:
     def __init__(self, space: SearchSpace, seed: int = 0, device: str | torch.device = "cpu",
                  lr: float | None = None):
         """``lr`` is θ's learning rate; strategies without θ accept and ignore it, so callers need not ask."""
-        if not space.categorical:
-            raise UserError(f"strategy {self.name!r} handles categorical decisions only; {space.name} has integers")
         self.space = space
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -101,6 +99,9 @@ class ThetaStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, device="cpu", lr: float | None = 3e-4,
                  betas: tuple[float, float] = (0.5, 0.999), weight_decay: float = 3e-3, grad_clip: float = 1.0):
+        if not space.categorical:
+            raise UserError(f"strategy {self.name!r} handles categorical decisions only; {space.name} has integers "
+                            "(use asng)")
         super().__init__(space, seed, device)
         lr = 3e-4 if lr is None else lr
         self.mask = space.choice_mask().to(self.device)
