@@ -18,7 +18,6 @@ import itertools
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ import torch
 from oneshot.config import preset
 from oneshot.data import Cifar10
 from oneshot.trainer import Search, resolve_device
+from step_cost import timed  # benchmarks/ is on sys.path when this script runs
 
 STRATEGIES = ["advantage", "advantage_wb", "reinforce", "parsec", "gdas", "proxyless", "nasp", "snas_relaxed", "darts"]
 WEIGHT_STEPS = ["nasp", "advantage"]
@@ -40,16 +40,6 @@ def make_search(name: str, args, device, data: Cifar10, batch) -> Search:
     search.step = search.steps_per_epoch  # in the search phase
     search.search_steps = 10 ** 6          # temperatures stay near their start; the cost does not depend on them
     return search
-
-
-def timed(step, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def main():

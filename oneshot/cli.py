@@ -104,7 +104,7 @@ def cmd_search(args) -> int:
     from .runs import RunFolder
     from .spaces import create_space
     from .strategies import create
-    from .trainer import Search, resolve_device
+    from .trainer import Search, check_batch_split, resolve_device
 
     config = preset(args.preset, space=args.space, strategy=args.strategy, seed=args.seed,
                     space_options=parse_assignments(args.space_option, "--space-option"),
@@ -118,6 +118,7 @@ def cmd_search(args) -> int:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
     group, device = from_environment(resolve_device(args.device))  # one process unless launched by torchrun
     try:
+        check_batch_split(config, group.world)
         data = load_cifar10(args.data)  # before the folder is touched: bad data must not leave a half-made run
         if args.shrink == "abs":
             config = shrink_first(config, data, out, device, group, args)

@@ -9,12 +9,9 @@ checkpoint and, on a CPU with the same seed, ends exactly where an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,14 +64,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_batch_split(config: SearchConfig, world: int) -> None:
+    if config.micro_batches < 1 or config.batch_size % (world * config.micro_batches):
+        raise UserError(f"batch_size {config.batch_size} must split evenly into {world} processes x "
+                        f"{config.micro_batches} micro-batches; change --set batch_size or micro_batches")
+
+
 class Search:
     """Everything one search run holds; ``run()`` trains, ``state_dict()`` is the checkpoint."""
 
     def __init__(self, config: SearchConfig, data: Cifar10, device: torch.device, group: Group = Group()):
         self.config, self.device, self.group = config, device, group
-        if config.batch_size % (group.world * config.micro_batches):
-            raise UserError(f"batch_size {config.batch_size} must split evenly into {group.world} processes x "
-                            f"{config.micro_batches} micro-batches; change --set batch_size or micro_batches")
+        check_batch_split(config, group.world)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)

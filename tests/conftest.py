@@ -46,3 +46,17 @@ def tiny_pickles(tmp_path_factory) -> str:
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}
         (root / name).write_bytes(pickle.dumps(batch))
     return str(root)
+
+
+def interrupted_and_resumed(config, data, folder, stop_after: int = 13) -> dict:
+    """Run a search to ``stop_after`` iterations, then resume it from its last checkpoint in a fresh ``Search``
+    (as after a kill) and return the final result."""
+    from oneshot.runs import RunFolder
+    from oneshot.trainer import Search
+
+    first = Search(config, data, torch.device("cpu"))
+    assert first.run(RunFolder(folder, config.to_dict()), progress=False, stop_after=stop_after) is None
+    resumed_folder = RunFolder(folder, config.to_dict(), resume=True)
+    second = Search(config, data, torch.device("cpu"))
+    second.load_state_dict(resumed_folder.resumed_state)
+    return second.run(resumed_folder, progress=False)

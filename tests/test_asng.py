@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import interrupted_and_resumed
 
 from oneshot import strategies
 from oneshot.config import preset
@@ -303,12 +304,7 @@ def test_search_end_to_end_and_resume(tmp_path, synthetic_cifar):
     assert torch.allclose(theta.sum(-1), torch.ones(6, dtype=torch.float64))
     assert (theta - 0.25).abs().max() > 0.05  # θ moved away from uniform
     assert result["architecture"] == create_space("nb201").to_string(full.strategy.derive())
-    first = Search(config, synthetic_cifar, torch.device("cpu"))
-    assert first.run(RunFolder(tmp_path / "cut", config.to_dict()), progress=False, stop_after=13) is None
-    folder = RunFolder(tmp_path / "cut", config.to_dict(), resume=True)
-    second = Search(config, synthetic_cifar, torch.device("cpu"))
-    second.load_state_dict(folder.resumed_state)
-    resumed = second.run(folder, progress=False)
+    resumed = interrupted_and_resumed(config, synthetic_cifar, tmp_path / "cut")
     for key in ("architecture", "best_sampled", "theta"):
         assert resumed[key] == result[key], key
 

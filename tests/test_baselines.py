@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import interrupted_and_resumed
 
 from oneshot import strategies
 from oneshot.config import preset
@@ -305,11 +306,6 @@ def test_search_end_to_end_and_resume(tmp_path, synthetic_cifar, name):
     assert len(space.from_string(result["best_sampled"]["architecture"])) == 6
     assert not torch.allclose(torch.tensor(result["theta"]), strategies.create(name, space).theta, atol=1e-7)
     # interrupted at 13, resumed from the checkpoint at 10: the same end as the uninterrupted run
-    first = Search(config, synthetic_cifar, torch.device("cpu"))
-    assert first.run(RunFolder(tmp_path / "cut", config.to_dict()), progress=False, stop_after=13) is None
-    folder = RunFolder(tmp_path / "cut", config.to_dict(), resume=True)
-    second = Search(config, synthetic_cifar, torch.device("cpu"))
-    second.load_state_dict(folder.resumed_state)
-    resumed = second.run(folder, progress=False)
+    resumed = interrupted_and_resumed(config, synthetic_cifar, tmp_path / "cut")
     for key in ("architecture", "best_sampled", "theta"):
         assert resumed[key] == result[key], key

@@ -41,16 +41,38 @@ def test_listings(capsys):
     assert code == 0 and out.startswith("nb201")
 
 
+SEARCH_ERRORS = [
+    (["--strategy", "nope"], "unknown strategy 'nope'; choose from"),
+    (["--space", "nope"], "unknown space 'nope'; choose from"),
+    (["--preset", "huge"], "unknown preset 'huge'; choose from"),
+    (["--set", "epochz=3"], "unknown setting(s) ['epochz']"),
+    (["--set", "epochs"], "must look like name=value"),
+    (["--hp", "temperature=2"], "bad hyper-parameter"),
+    (["--space-option", "ops=7"], "ops must be 4"),
+    (["--device", "cuda:0"], "no CUDA GPU"),
+    (["--data", "/nonexistent/cifar"], "does not exist"),
+    (["--set", "batch_size=30", "--set", "micro_batches=4"], "must split evenly"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", SEARCH_ERRORS)
+def test_bad_search_input_is_one_line_status_2_and_keeps_the_folder(capsys, tmp_path, tiny_pickles, argv, fragment):
+    import torch
+
+    if "cuda:0" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so cuda is a valid device")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text('{"earlier": 1}')
+    data = [] if "--data" in argv else ["--data", tiny_pickles]
+    code, _, err = run(capsys, "search", "--out", str(out), "--resume", *data, *argv)
+    assert code == 2
+    assert fragment in one_error_line(err)
+    assert [p.name for p in out.iterdir()] == ["result.json"]
+    assert (out / "result.json").read_text() == '{"earlier": 1}'
+
+
 @pytest.mark.parametrize("argv, fragment", [
-    (["search", "--strategy", "nope"], "unknown strategy 'nope'; choose from"),
-    (["search", "--space", "nope"], "unknown space 'nope'; choose from"),
-    (["search", "--preset", "huge"], "unknown preset 'huge'; choose from"),
-    (["search", "--set", "epochz=3"], "unknown setting(s) ['epochz']"),
-    (["search", "--set", "epochs"], "must look like name=value"),
-    (["search", "--hp", "temperature=2"], "bad hyper-parameter"),
-    (["search", "--space-option", "ops=7"], "ops must be 4"),
-    (["search", "--device", "cuda:0"] , "no CUDA GPU"),
-    (["search", "--data", "/nonexistent/cifar"], "does not exist"),
     (["evaluate", "|nor_conv_3x3~0|"], "is not an NB201 architecture string"),
     (["evaluate", "|conv9~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"],
      "'conv9' is not a choice"),
@@ -58,10 +80,6 @@ def test_listings(capsys):
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_and_status_2(capsys, argv, fragment):
-    import torch
-
-    if "cuda:0" in argv and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU, so cuda is a valid device")
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert fragment in one_error_line(err)

@@ -291,7 +291,7 @@ def test_same_seed_same_stream_other_seed_other_stream():
     x, y = numbered(40)
     a, b, c = (Batches(x, y, 8, "cpu", True, seed=s) for s in (5, 5, 6))
     for _ in range(12):
-        (xa, ya), (xb, yb), (xc, yc) = next(a), next(b), next(c)
+        (xa, ya), (xb, yb), (_, yc) = next(a), next(b), next(c)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(ya, yc)
 
