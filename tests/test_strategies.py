@@ -56,7 +56,7 @@ def exact_gradient(p, c):
     return p * (c - (p * c).sum(-1, keepdim=True))
 
 
-@pytest.mark.parametrize("estimator", ["advantage", "reinforce"])
+@pytest.mark.parametrize("estimator", ["advantage", "advantage_wb", "reinforce"])
 def test_monte_carlo_mean_equals_exact_gradient_for_affine_loss(estimator):
     torch.manual_seed(0)
     theta = torch.randn(3, 4)
@@ -67,6 +67,8 @@ def test_monte_carlo_mean_equals_exact_gradient_for_affine_loss(estimator):
     a = torch.nn.functional.one_hot(k, 4).float()               # (n, 3, 4)
     if estimator == "advantage":
         g = advantage_gradient(p, a, c.expand(n, 3, 4))
+    elif estimator == "advantage_wb":  # a baseline that does not depend on the current sample adds no bias
+        g = advantage_gradient(p, a, c.expand(n, 3, 4), torch.tensor([[0.7], [-0.4], [1.5]]))
     else:
         loss = (a * c).sum((1, 2)) + 1.0
         g = (loss - 1.0)[:, None, None] * (a - p)               # baseline = the constant: still unbiased
