@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -152,9 +153,8 @@ def kept_choices(run_dir: str, config) -> dict:
     """The choices an ABS run kept, checked against the space the user asked for."""
     from .shrinking import load_shrunk_space
 
-    record_path = os.path.join(run_dir, "shrink.json")
-    space = load_shrunk_space(run_dir)
-    record = json.loads(open(record_path).read())
+    space = load_shrunk_space(run_dir)  # checks that the file is there and readable
+    record = json.loads(Path(run_dir, "shrink.json").read_text())
     if record["space"] != config.space or record["space_options"] != config.space_options:
         raise UserError(f"{run_dir} shrank {record['space']} {record['space_options']}, not {config.space} "
                         f"{config.space_options}; pass the same --space and --space-option")

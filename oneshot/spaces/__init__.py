@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .base import Architecture, Categorical, Integer, SearchSpace
+from .enas_micro import EnasMicroSpace
 from .nb201 import OPS_4, OPS_5, NB201Space
 
 
@@ -15,6 +16,8 @@ def _nb201(ops: int = 4) -> NB201Space:
 
 SPACES = {
     "nb201": (_nb201, "NAS-Bench-201 cell: 6 edges x {skip, conv1x1, conv3x3, avgpool3x3} (ops=5 adds 'none')"),
+    "enas_micro": (EnasMicroSpace, "ENAS micro cells (ASNG-NAS): 2 cell types x 5 nodes x (2 inputs, 2 of 5 ops); "
+                                   "single-path strategies only (asng, random, reinforce); no retraining yet"),
 }
 
 
@@ -24,4 +27,5 @@ def create_space(name: str, **options) -> SearchSpace:
     return SPACES[name][0](**options)
 
 
-__all__ = ["Architecture", "Categorical", "Integer", "SearchSpace", "NB201Space", "SPACES", "create_space"]
+__all__ = ["Architecture", "Categorical", "Integer", "SearchSpace", "NB201Space", "EnasMicroSpace", "SPACES",
+           "create_space"]
