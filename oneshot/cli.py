@@ -89,6 +89,21 @@ def build_parser() -> Parser:
     a.add_argument("--out", default="runs/asng_toy")
     a.add_argument("--quiet", action="store_true")
 
+    i = commands.add_parser("inpaint", help="ASNG-NAS inpainting: search a CAE (Int or Cat encoding), retrain it "
+                                              "and a hand-designed CAE for the same time, report PSNR/SSIM")
+    i.add_argument("--data", help="CIFAR-10 (stands in for CelebA, which is not available here)")
+    i.add_argument("--encoding", choices=["int", "cat"], default="int")
+    i.add_argument("--mask", choices=["center", "pixel", "half"], default="center")
+    i.add_argument("--layers", type=int, default=5)
+    i.add_argument("--channel-scale", type=float, default=1 / 8, help="1 = the paper's 64..256 channels")
+    i.add_argument("--iterations", type=int, default=4000, help="search iterations")
+    i.add_argument("--retrain-seconds", type=float, default=60.0, help="training time of each final network")
+    i.add_argument("--batch", type=int, default=16)
+    i.add_argument("--test-images", type=int, default=1000)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--device", default="auto")
+    i.add_argument("--out", default="runs/inpaint", help="folder for inpaint.json")
+
     r = commands.add_parser("report", help="table and curves from search run folders")
     r.add_argument("runs", nargs="+", help="run folders (each with result.json)")
     r.add_argument("--out", help="also write report.md, report.json and curves.png here")
@@ -246,6 +261,31 @@ def cmd_asng_toy(args) -> int:
     return 0
 
 
+def cmd_inpaint(args) -> int:
+    from .data import load_cifar10
+    from .inpainting import baseline, search_inpainting, train_and_evaluate
+    from .spaces.inpainting import InpaintingSpace
+    from .trainer import resolve_device
+
+    device = resolve_device(args.device)
+    data = load_cifar10(args.data)
+    space = InpaintingSpace(args.encoding, layers=args.layers, channel_scale=args.channel_scale)
+    found = search_inpainting(space, data.train_x, args.mask, iterations=args.iterations, batch=args.batch,
+                              device=device, seed=args.seed)
+    test_x = data.test_x[:args.test_images]
+    common = dict(mask=args.mask, seconds=args.retrain_seconds, batch=args.batch, device=device, seed=args.seed)
+    searched = train_and_evaluate(space, found.arch, data.train_x, test_x, **common)
+    hand = baseline(space, data.train_x, test_x, **common)
+    record = {"settings": {k: v for k, v in vars(args).items() if k not in ("command",)},
+              "search_seconds": round(found.seconds, 2), "searched": searched, "baseline": hand}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "inpaint.json").write_text(json.dumps(record, indent=2, default=float))
+    for name, r in (("searched", searched), ("hand-designed", hand)):
+        print(f"{name:<14} PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.3f}  params {r['params']}  {r.get('path', '')}")
+    print(f"-> {args.out}/inpaint.json")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import report
 
@@ -272,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report, "asng-toy": cmd_asng_toy,
+                   "inpaint": cmd_inpaint,
                    "shrink": cmd_shrink}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:

@@ -1,0 +1,189 @@
+"""Inpainting space and task (ASNG-NAS, spec asng.md §3): masks, metrics, weight sharing, a tiny search."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from oneshot.errors import UserError
+from oneshot.inpainting import baseline, make_mask, psnr, search_inpainting, ssim, train_and_evaluate
+from oneshot.spaces.inpainting import InpaintingSpace
+
+
+def small(encoding="int", layers=2):
+    return InpaintingSpace(encoding, layers=layers, channel_scale=1 / 8)   # channels 8..32
+
+
+def one_layer(ch=8, kidx=2, skip=0):
+    """An int architecture whose active path is node 1 alone (out = n1)."""
+    s = small()
+    return s.from_string(f"in1=n0,skip1={skip},kidx1={kidx},ch1={ch},in2=n1,skip2=0,kidx2=1,ch2=8,out=n1")
+
+
+# --- masks ----------------------------------------------------------------------------------------------
+def test_center_mask_zeroes_exactly_the_central_16x16():
+    m = make_mask("center", 3, 32)
+    assert m.shape == (3, 1, 32, 32)
+    assert (m[:, :, 8:24, 8:24] == 0).all() and m.sum() == 3 * (1024 - 256)
+
+
+def test_random_pixel_mask_zeroes_80_percent_per_image_and_differs_between_images():
+    m = make_mask("pixel", 8, 32, torch.Generator().manual_seed(0))
+    dropped = 1 - m.flatten(1).mean(1)
+    assert torch.allclose(dropped, torch.full((8,), 0.8), atol=0.01)
+    assert not torch.equal(m[0], m[1])
+
+
+def test_random_half_mask_zeroes_exactly_one_half():
+    m = make_mask("half", 64, 32, torch.Generator().manual_seed(0))[:, 0]
+    halves = torch.stack([m[:, :16].sum((1, 2)), m[:, 16:].sum((1, 2)), m[:, :, :16].sum((1, 2)),
+                          m[:, :, 16:].sum((1, 2))], 1)            # kept pixels in top, bottom, left, right
+    assert (m.sum((1, 2)) == 512).all()
+    assert ((halves == 0).sum(1) == 1).all()                        # exactly one half fully zeroed
+    assert len(set((halves == 0).int().argmax(1).tolist())) == 4    # and all four kinds occur
+
+
+def test_unknown_mask_is_a_user_error():
+    with pytest.raises(UserError, match="center"):
+        make_mask("box", 1)
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+def test_psnr_identical_is_inf_and_constant_error_gives_hand_value():
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.isinf(psnr(x, x)).all()
+    y = torch.full((2, 3, 8, 8), 0.5)
+    assert torch.allclose(psnr(y + 0.1, y), torch.tensor([20.0, 20.0], dtype=torch.float64))   # MSE 0.01
+    assert torch.allclose(psnr(y + 0.01, y), torch.tensor([40.0, 40.0], dtype=torch.float64))  # MSE 1e-4
+
+
+def test_ssim_identical_is_one_and_shift_is_below_one():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8
+    assert torch.allclose(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    assert (ssim(x + 0.2, x) < 0.99).all()
+
+
+def test_ssim_of_constant_images_is_the_luminance_term():
+    # σ = cov = 0 everywhere, so SSIM = (2ab + C1) / (a² + b² + C1) = (0.6 + 1e-4) / (0.61 + 1e-4)
+    a, b = torch.full((1, 3, 16, 16), 0.5), torch.full((1, 3, 16, 16), 0.6)
+    assert ssim(a, b).item() == pytest.approx(0.983609, abs=1e-6)
+
+
+def test_ssim_matches_an_independent_scipy_computation():
+    rng = np.random.default_rng(1)
+    x, y = rng.random((24, 24)), rng.random((24, 24))
+    y = 0.5 * x + 0.5 * y                                             # correlated, so SSIM is clearly > 0
+    blur = lambda t: gaussian_filter(t, 1.5, truncate=3.5)[5:-5, 5:-5]  # noqa: E731  11 taps, valid part
+    mx, my = blur(x), blur(y)
+    vx, vy, cv = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 1e-4, 9e-4
+    ref = (((2 * mx * my + c1) * (2 * cv + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean()
+    got = ssim(torch.tensor(x)[None, None], torch.tensor(y)[None, None]).item()
+    assert got == pytest.approx(ref, abs=1e-9) and 0.3 < ref < 0.95
+
+
+# --- space and supernet ----------------------------------------------------------------------------------
+def test_int_kernel_index_decodes_to_1_3_5_and_channels_are_scaled():
+    s = small()
+    assert [s.decode(one_layer(kidx=i))[0][0].kernel for i in (1, 2, 3)] == [1, 3, 5]
+    assert s.channel_range == (8, 32) and small("cat").decisions[2].choices == ("8", "16", "32")
+
+
+def test_cat_op_decodes_skip_and_kernel():
+    s = small("cat")
+    arch = s.from_string("in1=n0,op1=skip_k5,ch1=16,in2=n1,op2=noskip_k1,ch2=8,out=n2")
+    layers, out = s.decode(arch)
+    assert (layers[0].skip, layers[0].kernel, layers[0].channels) == (True, 5, 16)
+    assert (layers[1].skip, layers[1].kernel, layers[1].channels, out) == (False, 1, 8, 2)
+
+
+def test_strings_round_trip_and_errors_are_clear():
+    s = small("int", layers=6)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a = s.sample(g)
+        assert s.from_string(s.to_string(a)) == a
+    text = s.to_string(s.baseline())
+    with pytest.raises(UserError, match="ch1"):
+        s.from_string(text.replace("ch1=8", "ch1=99"))
+    with pytest.raises(UserError, match="not 'decision=value'"):
+        s.from_string(text + ",bogus=1")
+    assert s.decisions[5 * 4].choices == ("n1", "n2", "n3", "n4", "n5")     # in6: level-back 5, node 0 out of reach
+
+
+def test_active_path_follows_inputs_back_from_out():
+    s = small("cat", layers=4)
+    a = s.from_string("in1=n0,op1=skip_k3,ch1=8,in2=n0,op2=skip_k3,ch2=8,in3=n1,op3=skip_k3,ch3=8,"
+                      "in4=n3,op4=skip_k3,ch4=8,out=n4")
+    assert s.active_path(a) == [1, 3, 4]
+    assert s.active_path(s.baseline()) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("encoding", ["int", "cat"])
+def test_supernet_forward_shape_for_sampled_architectures(encoding):
+    s = InpaintingSpace(encoding, layers=4, channel_scale=1 / 16)
+    net, g = s.build_supernet(), torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    for _ in range(4):
+        a = s.sample(g)
+        assert net(x, a).shape == (2, 3, 16, 16)
+        assert s.build_network(a)(x).shape == (2, 3, 16, 16)
+
+
+def test_architectures_share_the_first_channels_and_the_central_kernel():
+    s = small()
+    net = s.build_supernet()
+    narrow, wide, k1, k5 = one_layer(ch=8), one_layer(ch=16), one_layer(ch=16, kidx=1), one_layer(ch=8, kidx=3)
+    x = torch.rand(1, 3, 8, 8)
+    archs = (narrow, wide, k1, k5)
+    before = {a: net(x, a).detach().clone() for a in archs}
+    changed = lambda: [not torch.equal(net(x, a), before[a]) for a in archs]  # noqa: E731
+    w = net.enc_w["1"]
+    assert w.shape == (32, 3, 5, 5)
+    original = w.detach().clone()
+    with torch.no_grad():
+        w[8:16] += 1.0                       # channels only the 16-channel architectures use
+        assert changed() == [False, True, True, False]
+        w.copy_(original)
+        w[:8, :, 0, :] += 1.0                # outer kernel row of shared channels: only in the 5x5 crop
+        assert changed() == [False, False, False, True]
+        w.copy_(original)
+        w[:8, :, 2, 2] += 1.0                # kernel centre of shared channels: every architecture
+        assert changed() == [True, True, True, True]
+
+
+def test_standalone_network_has_exact_sizes_and_skip_adds_the_input():
+    s = small()
+    net = s.build_network(one_layer(ch=8, kidx=3, skip=1))
+    assert net.enc_w["1"].shape == (8, 3, 5, 5) and net.dec_w["1"].shape == (8, 3, 5, 5)
+    assert set(net.enc_w) == {"1"}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(net(x), x)          # zero convs: the output is the skip alone
+
+
+# --- search and retraining --------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["int", "cat"])
+def test_tiny_search_returns_a_valid_architecture(encoding):
+    s = InpaintingSpace(encoding, layers=3, channel_scale=1 / 16)
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = search_inpainting(s, x, "pixel", iterations=20, batch=8, seed=0)
+    assert s.check(out.arch) == out.arch and len(out.weight_losses) == len(out.arch_losses) == 20
+    assert all(math.isfinite(v) for v in out.weight_losses)
+    if encoding == "int":
+        lo, hi = s.channel_range
+        assert all(lo <= out.arch[4 * i + 3] <= hi for i in range(3))
+
+
+def test_retraining_lowers_the_error_and_baseline_runs():
+    s = InpaintingSpace("int", layers=2, channel_scale=1 / 16)
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    short = train_and_evaluate(s, s.baseline(), x, x[:16], "center", iterations=1, batch=8)
+    longer = baseline(s, x, x[:16], mask="center", iterations=60, batch=8)
+    assert longer["iterations"] == 60 and longer["psnr"] > short["psnr"]
+    with pytest.raises(UserError, match="exactly one budget"):
+        train_and_evaluate(s, s.baseline(), x, x, iterations=1, seconds=1.0)
