@@ -104,6 +104,14 @@ def build_parser() -> Parser:
     i.add_argument("--device", default="auto")
     i.add_argument("--out", default="runs/inpaint", help="folder for inpaint.json")
 
+    t2 = commands.add_parser("retrain", help="train the architecture of a search run from scratch and test it")
+    t2.add_argument("run", help="a finished 'oneshot search' folder (result.json)")
+    t2.add_argument("--preset", default="cpu", help="smoke, cpu (minutes on 2 cores) or paper (600 epochs, GPU)")
+    t2.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a setting, e.g. epochs=20")
+    t2.add_argument("--data")
+    t2.add_argument("--device", default="auto")
+    t2.add_argument("--quiet", action="store_true")
+
     r = commands.add_parser("report", help="table and curves from search run folders")
     r.add_argument("runs", nargs="+", help="run folders (each with result.json)")
     r.add_argument("--out", help="also write report.md, report.json and curves.png here")
@@ -286,6 +294,24 @@ def cmd_inpaint(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    from .data import load_cifar10
+    from .retrain import retrain_preset, retrain_run
+    from .trainer import resolve_device
+
+    try:
+        config = retrain_preset(args.preset, **parse_assignments(args.set, "--set"))
+    except TypeError as e:
+        raise UserError(f"unknown retraining setting ({e}); see oneshot/retrain.py RetrainConfig") from None
+    device = resolve_device(args.device)
+    record = retrain_run(args.run, load_cifar10(args.data), config, device, progress=not args.quiet,
+                         preset_name=args.preset)
+    print(f"test error {record['test_error_percent']:.2f} %  params {record['parameters'] / 1e6:.2f} M  "
+          f"(C={record['channels']}, {record['cells']} cells)  [{record['train_seconds']:.0f} s]  "
+          f"-> {args.run}/retrain-{args.preset}.json")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import report
 
@@ -312,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report, "asng-toy": cmd_asng_toy,
-                   "inpaint": cmd_inpaint,
+                   "inpaint": cmd_inpaint, "retrain": cmd_retrain,
                    "shrink": cmd_shrink}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:

@@ -33,12 +33,14 @@ class SearchConfig:
     batch_size: int = 64         # the global batch, over all processes
     micro_batches: int = 1       # chunks per process and step (gradient accumulation; BN statistics per chunk)
     augment: bool = True
+    cutout: int = 0              # side of the cut-out square (0: none), on both splits as in ASNG-NAS
     # schedule: warm-up epochs train weights only; afterwards one arch step precedes every weight step
     epochs: int = 90
     warmup_epochs: int = 50
     # weights: Nesterov SGD, cosine lr per integer epoch, coupled L2 then global-norm clipping
     w_lr: float = 0.1
     w_momentum: float = 0.9
+    w_nesterov: bool = True
     w_weight_decay: float = 5e-4
     w_grad_clip: float = 1.0
     # θ: Adam with cosine lr over the search epochs (the strategy owns betas, coupled L2 and clipping)
@@ -70,7 +72,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# ASNG-NAS on the ENAS micro space (spec asng.md §3): 8 cells, C=16, 100 epochs, no warm-up, SGD (not Nesterov)
+# lr 0.025 cosine, wd 3e-4, clipping at 5, cutout 16 on both halves. `cpu`: 5 cells at C=8, 5k + 5k images,
+# 3 epochs (about 5 minutes on 2 cores).
+ENAS_PAPER = dict(space_options={"cells": 8}, channels=16, epochs=100, warmup_epochs=0, w_lr=0.025,
+                  w_nesterov=False, w_weight_decay=3e-4, w_grad_clip=5.0, cutout=16, log_every=100)
+SPACE_PRESETS: dict[str, dict[str, dict]] = {
+    "enas_micro": {
+        "paper": ENAS_PAPER,
+        "cpu": {**ENAS_PAPER, "space_options": {"cells": 5}, "channels": 8, "n_weight": 5_000, "n_arch": 5_000,
+                "epochs": 3, "log_every": 20, "checkpoint_every": 200},
+        "smoke": {**ENAS_PAPER, "space_options": {"cells": 3}, "channels": 4, "n_weight": 512, "n_arch": 512,
+                  "epochs": 2, "log_every": 4, "checkpoint_every": 8},
+    },
+}
+
+
 def preset(name: str, **changes) -> SearchConfig:
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return SearchConfig().replace(**PRESETS[name]).replace(**changes)
+    """The preset ``name`` for ``changes["space"]`` (NB201's when the space has none of its own)."""
+    presets = SPACE_PRESETS.get(changes.get("space", "nb201"), PRESETS)
+    if name not in presets:
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(presets)}")
+    base = presets[name]
+    options = {**base.get("space_options", {}), **changes.pop("space_options", {})}
+    return SearchConfig().replace(**base).replace(space_options=options, **changes)

@@ -267,14 +267,14 @@ class Batches:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, augment: bool, seed: int,
-                 drop_last: bool = True):
+                 drop_last: bool = True, cutout: int = 0):
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3 or len(y) != len(x):
             raise UserError(f"Batches wants uint8 Nx3xHxW images and N labels, got {x.dtype} {tuple(x.shape)}")
         if batch_size < 1 or (drop_last and batch_size > len(x)):
             raise UserError(f"batch size {batch_size} does not fit {len(x)} images: lower the batch size")
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device)
-        self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
+        self.batch_size, self.augment, self.drop_last, self.cutout = batch_size, augment, drop_last, cutout
         self._norm = _normaliser(self.device)
         self._order = torch.Generator().manual_seed(seed)
         self._aug = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)  # order independent of augment
@@ -300,7 +300,10 @@ class Batches:
         if self._plan is None:
             off = torch.randint(0, 2 * PAD + 1, (2, n), generator=self._aug)
             flip = torch.randint(0, 2, (1, n), generator=self._aug)
-            self._plan = torch.cat([torch.randperm(n, generator=self._order)[None], off, flip]).to(self.device)
+            rows = [torch.randperm(n, generator=self._order)[None], off, flip]
+            if self.cutout:  # centres of the cut-out squares, anywhere in the image (squares may be clipped)
+                rows.append(torch.randint(0, self.x.shape[2], (2, n), generator=self._aug))
+            self._plan = torch.cat(rows).to(self.device)
         p = self._plan[:, self._pos:self._pos + self.batch_size]
         self._pos += p.shape[1]
         if self._pos + (self.batch_size if self.drop_last else 1) > n:
@@ -308,7 +311,10 @@ class Batches:
         x = self.x[p[0]]
         if self.augment:
             x = self._crop_flip(x, p[1], p[2], p[3].bool())
-        return self._norm(x), self.y[p[0]]
+        x = self._norm(x)
+        if self.cutout:
+            x = self._cut(x, p[4], p[5])
+        return x, self.y[p[0]]
 
     next = __next__
 
@@ -320,6 +326,14 @@ class Batches:
         cols = torch.where(flip[:, None], self._cols.flip(0), self._cols) + dx[:, None]
         idx = (rows[:, :, None] * (w + 2 * PAD) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
         return torch.gather(xp.flatten(2), 2, idx).view(b, c, h, w)
+
+    def _cut(self, x, cy, cx):
+        """Cutout (DeVries & Taylor 2017): zero a cutout x cutout square per image, after normalisation."""
+        half = self.cutout // 2
+        rows = (self._rows[None, :] >= cy[:, None] - half) & (self._rows[None, :] < cy[:, None] - half + self.cutout)
+        cols = (self._cols[None, :] >= cx[:, None] - half) & (self._cols[None, :] < cx[:, None] - half + self.cutout)
+        square = rows[:, :, None] & cols[:, None, :]
+        return x.masked_fill(square[:, None], 0.0)
 
     def state_dict(self) -> dict:
         plan = torch.empty(0, dtype=torch.int64) if self._plan is None else self._plan.cpu()

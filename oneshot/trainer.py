@@ -87,11 +87,13 @@ class Search:
         self.strategy = strategies.create(config.strategy, self.space, seed=config.seed, device=device,
                                           **{"lr": config.a_lr, **config.strategy_options})
         (xw, yw), (xa, ya) = split_train(data, config.n_weight, config.n_arch)
-        self.train_stream = Batches(xw, yw, config.batch_size, device, augment=config.augment, seed=config.seed)
-        self.val_stream = Batches(xa, ya, config.batch_size, device, augment=config.augment, seed=config.seed + 1)
+        self.train_stream = Batches(xw, yw, config.batch_size, device, augment=config.augment, seed=config.seed,
+                                    cutout=config.cutout)
+        self.val_stream = Batches(xa, ya, config.batch_size, device, augment=config.augment, seed=config.seed + 1,
+                                  cutout=config.cutout)
         self.val_data = (xa, ya)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.w_lr, momentum=config.w_momentum,
-                                         nesterov=True)
+                                         nesterov=config.w_nesterov)
         self.steps_per_epoch = self.train_stream.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
         self.search_steps = (config.epochs - config.warmup_epochs) * self.steps_per_epoch

@@ -41,7 +41,7 @@ _EXAMPLE = "normal: n0=(0 sep_conv_3x3, 1 identity) n1=(...) ... n4=(...); reduc
 class EnasMicroSpace(SearchSpace):
     name = "enas_micro"
 
-    def __init__(self):
+    def __init__(self, cells: int = 8):
         decisions = []
         for cell in CELL_TYPES:
             for i in range(NODES):
@@ -49,6 +49,7 @@ class EnasMicroSpace(SearchSpace):
                 decisions += [Categorical(f"{cell}.n{i}.in1", inputs), Categorical(f"{cell}.n{i}.in2", inputs),
                               Categorical(f"{cell}.n{i}.op1", OPS), Categorical(f"{cell}.n{i}.op2", OPS)]
         super().__init__(decisions)
+        self.cells = cells  # of the search supernet (a space option so that presets can shrink it)
 
     def _rebuild(self, decisions):
         raise UserError("enas_micro: restricting the ENAS space is not supported")
@@ -106,9 +107,10 @@ class EnasMicroSpace(SearchSpace):
         return ins[0], ins[1], OPS.index(p), OPS.index(q)
 
     # -- networks -------------------------------------------------------------------------------
-    def build_supernet(self, channels: int = 16, cells: int = 8, num_classes: int = 10, **ignored) -> "EnasSupernet":
+    def build_supernet(self, channels: int = 16, cells: int | None = None, num_classes: int = 10,
+                       **ignored) -> "EnasSupernet":
         """``ignored`` swallows NB201-only options (cells_per_stage, op_style) the trainer may pass."""
-        return EnasSupernet(channels, cells, num_classes)
+        return EnasSupernet(channels, self.cells if cells is None else cells, num_classes)
 
     def build_child(self, arch: Sequence[int], channels: int = 36, cells: int = 20, num_classes: int = 10,
                     auxiliary: bool = True, drop_path: float = 0.0) -> "EnasChild":
