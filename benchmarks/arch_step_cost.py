@@ -13,7 +13,6 @@ medians are over random architectures, while NASP's weight step runs its current
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import platform
@@ -25,7 +24,7 @@ import torch
 from oneshot.config import preset
 from oneshot.data import Cifar10
 from oneshot.trainer import Search, resolve_device
-from step_cost import timed  # benchmarks/ is on sys.path when this script runs
+from step_cost import network_arguments, timed  # benchmarks/ is on sys.path when this script runs
 
 STRATEGIES = ["advantage", "advantage_wb", "reinforce", "parsec", "gdas", "proxyless", "nasp", "snas_relaxed", "darts"]
 WEIGHT_STEPS = ["nasp", "advantage"]
@@ -43,15 +42,7 @@ def make_search(name: str, args, device, data: Cifar10, batch) -> Search:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--cells", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/arch_step_cost.json")
-    args = parser.parse_args()
+    args = network_arguments(__doc__, 20, 3, "benchmarks/results/arch_step_cost.json")
     device = resolve_device(args.device)
 
     g = torch.Generator().manual_seed(0)

@@ -62,16 +62,21 @@ def compare(steps: dict, repeats: int, warmup: int, device) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def network_arguments(doc: str, repeats: int, warmup: int, out: str) -> argparse.Namespace:
+    """The command line shared by the step-cost benchmarks: device, NB201 supernet size, repeats, output."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--cells", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/step_cost.json")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--out", default=out)
+    return parser.parse_args()
+
+
+def main():
+    args = network_arguments(__doc__, 30, 5, "benchmarks/results/step_cost.json")
     device = resolve_device(args.device)
     torch.manual_seed(0)
     space = create_space("nb201")
