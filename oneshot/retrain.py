@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import Batches, Cifar10, eval_batches
+from .data import Batches, Cifar10, eval_batches, split_train
 from .errors import UserError
 
 
@@ -64,7 +64,8 @@ def test_accuracy(model: torch.nn.Module, data: Cifar10, device: torch.device) -
 
 
 def retrain(space, arch, data: Cifar10, config: RetrainConfig, device: torch.device, progress: bool = True) -> dict:
-    """Train ``arch`` of ``space`` from scratch on the first ``n_train`` training images; test on the test set."""
+    """Train ``arch`` of ``space`` from scratch on ``n_train`` training images (all 50k in the paper protocol);
+    test on the test set."""
     from tqdm.auto import tqdm
 
     if not hasattr(space, "channels_for_budget"):
@@ -76,8 +77,9 @@ def retrain(space, arch, data: Cifar10, config: RetrainConfig, device: torch.dev
     channels = config.channels or space.channels_for_budget(arch, config.max_params, config.cells)
     model = space.build_child(arch, channels, config.cells, auxiliary=config.aux_weight > 0).to(device)
     params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("aux"))
-    stream = Batches(data.train_x[:config.n_train], data.train_y[:config.n_train], config.batch_size, device,
-                     augment=True, seed=config.seed, cutout=config.cutout)
+    # the fixed shuffle of split_train: the training set is sorted by class, so a prefix would hold one class
+    (x, y), _ = split_train(data, config.n_train, 0)
+    stream = Batches(x, y, config.batch_size, device, augment=True, seed=config.seed, cutout=config.cutout)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     start = time.perf_counter()

@@ -55,3 +55,19 @@ def test_nb201_runs_are_pointed_to_the_table(synthetic_cifar):
     space = create_space("nb201")
     with pytest.raises(UserError, match="oneshot evaluate"):
         retrain(space, (0,) * 6, synthetic_cifar, retrain_preset("smoke"), torch.device("cpu"), progress=False)
+
+
+def test_retraining_on_real_cifar_beats_chance(cifar_path):
+    """Also guards the class-sorted training set: a prefix of it would hold one class (accuracy 10 %)."""
+    from oneshot.data import load_cifar10
+
+    data = load_cifar10(cifar_path)
+    space = create_space("enas_micro")
+    arch = space.from_string("normal: n0=(0 sep_conv_3x3, 1 identity) n1=(2 sep_conv_3x3, 1 avg_pool_3x3) "
+                             "n2=(3 identity, 0 sep_conv_3x3) n3=(4 sep_conv_3x3, 1 max_pool_3x3) "
+                             "n4=(5 identity, 2 sep_conv_3x3); reduce: n0=(0 sep_conv_3x3, 1 max_pool_3x3) "
+                             "n1=(2 sep_conv_3x3, 1 identity) n2=(3 identity, 0 sep_conv_3x3) "
+                             "n3=(4 sep_conv_3x3, 1 avg_pool_3x3) n4=(5 identity, 2 sep_conv_3x3)")
+    config = retrain_preset("smoke", cells=3, channels=8, n_train=3000, epochs=3, batch_size=64, cutout=0)
+    record = retrain(space, arch, data, config, torch.device("cpu"), progress=False)
+    assert record["test_accuracy"] > 0.25   # chance is 0.10
