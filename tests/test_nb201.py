@@ -103,22 +103,27 @@ def test_one_hot_supernet_equals_child_with_shared_weights():
         assert torch.allclose(net(x, None, [[k] for k in arch]), out_child, atol=1e-5)
 
 
-def test_gate_gradient_is_inner_product_of_output_grad_and_op_output():
+def one_hot_supernet_with_edge_outputs(cells_per_stage: int):
+    """A small supernet, a fixed one-hot gate leaf, and every edge's output (per edge, over the cells) kept with
+    its gradient by forward hooks."""
     torch.manual_seed(0)
-    space = create_space("nb201")
-    net = space.build_supernet(channels=4, cells_per_stage=2)
+    net = create_space("nb201").build_supernet(channels=4, cells_per_stage=cells_per_stage)
     arch = (2, 1, 3, 0, 2, 1)
     gates = torch.zeros(6, 4)
     gates[range(6), list(arch)] = 1.0
     gates.requires_grad_()
     outputs = {i: [] for i in range(6)}
-    hooks = []
     for cell in (m for m in net.modules() if m.__class__.__name__ == "Cell"):
         for i, edge in enumerate(cell.edges):
-            def hook(module, inp, out, i=i):
+            def hook(module, inp, out, i=i):  # returns None: the output stays as it is
                 out.retain_grad()
                 outputs[i].append(out)
-            hooks.append(edge.register_forward_hook(hook))
+            edge.register_forward_hook(hook)
+    return net, arch, gates, outputs
+
+
+def test_gate_gradient_is_inner_product_of_output_grad_and_op_output():
+    net, arch, gates, outputs = one_hot_supernet_with_edge_outputs(cells_per_stage=2)
     x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
     loss = torch.nn.functional.cross_entropy(net(x, gates, [[k] for k in arch]), y)
     loss.backward()
@@ -177,20 +182,7 @@ def test_unit_gates_give_the_same_values_and_gradients_as_multiplied_gates():
 
 def test_inactive_gates_get_the_sum_of_the_edge_output_gradient():
     """GDAS semantics: each op that did not run adds gate_j * 1, so dL/dgate_j = sum(dL/de)."""
-    torch.manual_seed(0)
-    space = create_space("nb201")
-    net = space.build_supernet(channels=4, cells_per_stage=1)
-    arch = (2, 1, 3, 0, 2, 1)
-    gates = torch.zeros(6, 4)
-    gates[range(6), list(arch)] = 1.0
-    gates.requires_grad_()
-    outputs = {i: [] for i in range(6)}
-    for cell in (m for m in net.modules() if m.__class__.__name__ == "Cell"):
-        for i, edge in enumerate(cell.edges):
-            def hook(module, inp, out, i=i):  # returns None: the output stays as it is
-                out.retain_grad()
-                outputs[i].append(out)
-            edge.register_forward_hook(hook)
+    net, arch, gates, outputs = one_hot_supernet_with_edge_outputs(cells_per_stage=1)
     x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
     loss = torch.nn.functional.cross_entropy(net(x, gates, [[k] for k in arch], True, True), y)
     loss.backward()
