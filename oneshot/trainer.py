@@ -192,11 +192,10 @@ class Search:
     # -- derivation -----------------------------------------------------------------------------
     def validation_accuracy(self, arch: tuple, batches: int) -> float:
         x, y = self.val_data
+        x, y = x[:batches * 256], y[:batches * 256]  # only these go to the device, once per candidate
         correct = total = 0
         with batch_statistics(self.model):
-            for i, (xb, yb) in enumerate(eval_batches(x, y, 256, self.device)):
-                if i >= batches:
-                    break
+            for xb, yb in eval_batches(x, y, 256, self.device):
                 correct += (self.model(xb, None, [[k] for k in arch]).argmax(1) == yb).sum().item()
                 total += len(yb)
         return correct / max(1, total)

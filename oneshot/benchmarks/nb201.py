@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -29,6 +30,7 @@ class NB201Table:
     unique: tuple[str, ...]
     accuracy: np.ndarray  # (15625, 3): cifar10, cifar100, imagenet16
     index: dict[str, int]
+    isomorph_count: dict[str, int]  # rows per unique (canonical) cell, counted once at load
 
     def lookup(self, arch_string: str) -> dict:
         """Test accuracies and CIFAR-10 rank (1 = best of 15,625) of one cell."""
@@ -40,7 +42,7 @@ class NB201Table:
         result = {name: float(acc[j]) for j, name in enumerate(DATASETS)}
         for j, name in enumerate(DATASETS):
             result[f"{name}_rank"] = int((self.accuracy[:, j] > acc[j]).sum()) + 1
-        result["isomorphs"] = sum(u == self.unique[i] for u in self.unique)
+        result["isomorphs"] = self.isomorph_count[self.unique[i]]
         result["architecture"] = self.strings[i]
         return result
 
@@ -68,7 +70,7 @@ def load_table(path: str | None = None) -> NB201Table:
         unique = tuple(r.get("UniqueString", s) for r, s in zip(rows, strings))
     except (KeyError, ValueError) as e:
         raise UserError(f"nb201: table {path!r} lacks the NB201 columns ({e}); pass the NB201 accuracy CSV") from None
-    return NB201Table(strings, unique, accuracy, {s: i for i, s in enumerate(strings)})
+    return NB201Table(strings, unique, accuracy, {s: i for i, s in enumerate(strings)}, dict(Counter(unique)))
 
 
 def lookup(arch_string: str) -> dict:
