@@ -34,21 +34,33 @@ def parse_assignments(items: list[str], what: str) -> dict:
 
 
 def build_parser() -> Parser:
+    from . import __version__
+
     parser = Parser(prog="oneshot", description="One-shot neural architecture search in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"oneshot-nas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    s = commands.add_parser("search", help="run an architecture search and write a run folder")
-    s.add_argument("--space", default="nb201", help="search space (see 'oneshot spaces')")
+    s = commands.add_parser(
+        "search", help="run an architecture search and write a run folder",
+        description="Run an architecture search into a run folder. Settings come from --config, else (with "
+                    "--resume) the run's own config.json, else the preset; the options below override them. "
+                    "Example: oneshot search --space nb201 --strategy advantage --preset smoke --data DIR --out runs/x")
+    s.add_argument("--config", metavar="FILE", help="start from the settings of a JSON/YAML file, e.g. a run's "
+                                                      "config.json (a rerun)")
+    s.add_argument("--task", help="what is learned (see 'oneshot tasks'; default: cifar10)")
+    s.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="e.g. size=48 (resize images)")
+    s.add_argument("--space", help="search space (see 'oneshot spaces'; default: nb201)")
     s.add_argument("--space-option", action="append", metavar="NAME=VALUE", help="e.g. ops=5 (NB201 with 'none')")
-    s.add_argument("--strategy", default="advantage", help="search strategy (see 'oneshot strategies')")
+    s.add_argument("--strategy", help="search strategy (see 'oneshot strategies --details'; default: advantage)")
     s.add_argument("--hp", action="append", metavar="NAME=VALUE", help="strategy hyper-parameter, e.g. baseline=true")
-    s.add_argument("--preset", default="cpu", help="smoke (seconds), cpu (about 5 min on 2 cores), paper (GPU)")
+    s.add_argument("--preset", help="smoke (seconds), cpu (minutes on 2 cores), paper (GPU) (default: cpu)")
     s.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a preset setting, e.g. epochs=20")
-    s.add_argument("--data", help="CIFAR-10: image-folder tree, its .tar.gz, or cifar-10-batches-py "
-                                  "(default: download the official archive into the cache)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data", help="where the task's data is; CIFAR-10: image-folder tree, its .tar.gz, or "
+                                  "cifar-10-batches-py (default: download the official archive into $ONESHOT_CACHE, "
+                                  "~/.cache/oneshot)")
+    s.add_argument("--seed", type=int, help="default: 0")
     s.add_argument("--out", help="run folder (default: runs/SPACE-STRATEGY-PRESET-sSEED)")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--device", help="auto (CUDA when present; the default), cpu, cuda, cuda:N")
     s.add_argument("--shrink", choices=["abs"], help="first shrink the space with ABS (into OUT/shrink), then search")
     s.add_argument("--space-from", metavar="RUN_DIR", help="search the space kept by an earlier 'oneshot shrink' run")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -103,102 +115,100 @@ def build_parser() -> Parser:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--device", default="auto")
     i.add_argument("--out", default="runs/inpaint", help="folder for inpaint.json")
+    i.add_argument("--quiet", action="store_true")
 
-    t2 = commands.add_parser("retrain", help="train the architecture of a search run from scratch and test it")
-    t2.add_argument("run", help="a finished 'oneshot search' folder (result.json)")
-    t2.add_argument("--preset", default="cpu", help="smoke, cpu (minutes on 2 cores) or paper (600 epochs, GPU)")
-    t2.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a setting, e.g. epochs=20")
-    t2.add_argument("--data")
+    t2 = commands.add_parser(
+        "retrain", help="train an architecture from scratch (any space) and test it",
+        description="Train an architecture from scratch and test it: the one from a search folder (its space, task "
+                    "and data come along; writes RUN/retrain-PRESET.json) or one given with --space and --arch. "
+                    "Examples: oneshot retrain runs/x --preset cpu; oneshot retrain --space darts --arch "
+                    "snas_moderate --data DIR --preset cpu --out runs/snas-retrain")
+    t2.add_argument("run", nargs="?", help="a finished 'oneshot search' folder (its result.json)")
+    t2.add_argument("--space", help="with --arch: the space (see 'oneshot spaces')")
+    t2.add_argument("--arch", help="an architecture string (NB201 '|op~0|+...', DARTS 'Genotype(...)'), a released "
+                                   "name (darts: snas_mild, snas_moderate, snas_aggressive, darts_v1, darts_v2), or "
+                                   "a search folder")
+    t2.add_argument("--space-option", action="append", metavar="NAME=VALUE", help="e.g. ops=5 (NB201 with 'none')")
+    t2.add_argument("--task", help="what is learned (default: the search's task, else cifar10; ptb for rnn)")
+    t2.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="e.g. fallback=true (PTB)")
+    t2.add_argument("--preset", default="cpu", help="smoke (seconds), cpu (minutes on 2 cores) or paper (the "
+                                                    "published protocol, GPU) (default: cpu)")
+    t2.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a setting, e.g. epochs=20 "
+                                                                         "(see RetrainConfig in oneshot/retrain.py)")
+    t2.add_argument("--data", help="where the task's data is (default: the search's --data)")
+    t2.add_argument("--out", help="the retraining's run folder (default: RUN/retrain-PRESET, or "
+                                  "runs/retrain-SPACE-PRESET-sSEED)")
     t2.add_argument("--device", default="auto")
-    t2.add_argument("--quiet", action="store_true")
+    t2.add_argument("--resume", action="store_true", help="continue the retraining in --out from its last epoch")
+    t2.add_argument("--overwrite", action="store_true", help="replace the retraining in --out")
+    t2.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    x = commands.add_parser("export", help="save the found network (supernet weights) as a torch.export file",
+                            description="Save the architecture of a finished search, with its supernet weights (BN "
+                                        "statistics re-estimated for it), as a file that plain torch loads: "
+                                        "torch.export.load(FILE).module()(images). Example: oneshot export runs/x "
+                                        "--out child.pt2")
+    x.add_argument("run", help="a finished 'oneshot search' folder")
+    x.add_argument("--out", required=True, help="the file to write, e.g. child.pt2")
+    x.add_argument("--device", default="cpu", help="where BN statistics are re-estimated (default: cpu)")
+    x.add_argument("--calibration-batches", type=int, default=20,
+                   help="training batches for the BN statistics (default: 20)")
 
     r = commands.add_parser("report", help="table and curves from search run folders")
     r.add_argument("runs", nargs="+", help="run folders (each with result.json)")
     r.add_argument("--out", help="also write report.md, report.json and curves.png here")
 
-    commands.add_parser("strategies", help="list the search strategies")
+    st = commands.add_parser("strategies", help="list the search strategies")
+    st.add_argument("--details", action="store_true", help="also each strategy's hyper-parameters (--hp) and defaults")
     commands.add_parser("spaces", help="list the search spaces")
+    commands.add_parser("tasks", help="list the tasks (what is learned: data, loss, metric)")
     return parser
 
 
-def cmd_search(args) -> int:
-    from .config import preset
-    from .data import load_cifar10
-    from .distributed import from_environment, shutdown
-    from .runs import RunFolder
-    from .spaces import create_space
-    from .strategies import create
-    from .trainer import Search, check_batch_split, resolve_device
+def search_config(args):
+    """The run's settings: --config FILE, else (--resume) the run's config.json, else the preset; then every
+    option the user gave on top."""
+    from .api import config_of_run
+    from .config import SearchConfig, load_config_file, preset
 
-    config = preset(args.preset, space=args.space, strategy=args.strategy, seed=args.seed,
-                    space_options=parse_assignments(args.space_option, "--space-option"),
-                    strategy_options=parse_assignments(args.hp, "--hp"),
-                    **parse_assignments(args.set, "--set"))
-    if args.space_from:
-        config = config.replace(restrict=kept_choices(args.space_from, config))
-    create(config.strategy, create_space(config.space, **config.space_options), **config.strategy_options)
-    out = args.out or f"runs/{config.space}-{config.strategy}-{args.preset}-s{config.seed}"
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    group, device = from_environment(resolve_device(args.device))  # one process unless launched by torchrun
-    try:
-        check_batch_split(config, group.world)
-        data = load_cifar10(args.data)  # before the folder is touched: bad data must not leave a half-made run
-        if args.shrink == "abs":
-            config = shrink_first(config, data, out, device, group, args)
-        # Rank 0 makes (or checks) the folder first; the others follow only if that worked.
-        error = None
-        if group.is_main:
-            try:
-                folder = RunFolder(out, config.to_dict(), resume=args.resume, overwrite=args.overwrite)
-            except UserError as e:
-                error = e
-        if group.agree(error is not None):
-            raise error or SystemExit(2)
-        if not group.is_main:
-            folder = RunFolder(out, config.to_dict(), resume=args.resume, writer=False)
-        search = Search(config, data, device, group)
-        if folder.resumed_state is not None:
-            search.load_state_dict(folder.resumed_state)
-        result = search.run(folder, progress=not args.quiet)
-    finally:
-        shutdown()
-    if not group.is_main:
+    flags = {k: v for k, v in dict(task=args.task, space=args.space, strategy=args.strategy, seed=args.seed,
+                                   data=args.data, device=args.device).items() if v is not None}
+    for option, key, what in ((args.task_option, "task_options", "--task-option"),
+                              (args.space_option, "space_options", "--space-option"),
+                              (args.hp, "strategy_options", "--hp")):
+        if option:
+            flags[key] = parse_assignments(option, what)
+    changes = parse_assignments(args.set, "--set")
+    if args.config:
+        base = SearchConfig().replace(**load_config_file(args.config))
+        if args.preset:
+            base = preset(args.preset, space=flags.get("space", base.space))
+    elif args.resume and args.out and not args.preset and os.path.exists(os.path.join(args.out, "config.json")):
+        base = config_of_run(args.out)
+    else:
+        base = preset(args.preset or "cpu", space=flags.get("space", "nb201"))
+    for key in ("task_options", "space_options", "strategy_options"):  # options add to the base's, not replace
+        if key in flags:
+            flags[key] = {**getattr(base, key), **flags[key]}
+    return base.replace(**flags, **changes)
+
+
+def cmd_search(args) -> int:
+    from .api import search
+
+    config = search_config(args)
+    out = args.out or f"runs/{config.space}-{config.strategy}-{config.preset}-s{config.seed}"
+    result = search(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                    shrink=args.shrink, space_from=args.space_from)
+    if result is None:
         return 0
     summary = f"{result['architecture']}"
     if result.get("nb201"):
         summary += f"  NB201 CIFAR-10 {result['nb201']['cifar10']:.2f}% (rank {result['nb201']['cifar10_rank']})"
+        if config.preset == "smoke":
+            summary += " [smoke preset: too short for the architecture to mean anything]"
     print(f"{summary}  [{result['search_seconds']:.0f} s]  -> {out}/result.json")
     return 0
-
-
-def kept_choices(run_dir: str, config) -> dict:
-    """The choices an ABS run kept, checked against the space the user asked for."""
-    from .shrinking import load_shrunk_space
-
-    space = load_shrunk_space(run_dir)  # checks that the file is there and readable
-    record = json.loads(Path(run_dir, "shrink.json").read_text())
-    if record["space"] != config.space or record["space_options"] != config.space_options:
-        raise UserError(f"{run_dir} shrank {record['space']} {record['space_options']}, not {config.space} "
-                        f"{config.space_options}; pass the same --space and --space-option")
-    return {d.name: list(d.choices) for d in space.decisions}
-
-
-def shrink_first(config, data, out, device, group, args):
-    """``--shrink abs``: ABS into OUT/shrink (resumable too), then the search runs on the kept choices."""
-    from .runs import RunFolder
-    from .shrinking import abs_shrink
-
-    if group.world > 1:
-        raise UserError("--shrink abs runs in one process; shrink first with 'oneshot shrink', then search "
-                        "with torchrun and --space-from")
-    if not args.resume and not args.overwrite and RunFolder.holds_run(out):
-        RunFolder.refuse(out)  # before the shrink folder inside it is touched
-    shrink_dir = os.path.join(out, "shrink")
-    if not (args.resume and os.path.exists(os.path.join(shrink_dir, "shrink.json"))):
-        resume = args.resume and os.path.exists(os.path.join(shrink_dir, "checkpoint.pt"))
-        abs_shrink(config, data, shrink_dir, device, resume=resume, overwrite=not resume, progress=not args.quiet)
-    return config.replace(restrict=kept_choices(shrink_dir, config))
 
 
 def cmd_shrink(args) -> int:
@@ -270,25 +280,22 @@ def cmd_asng_toy(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    import torch
-
-    from .data import load_cifar10
     from .inpainting import baseline, search_inpainting, train_and_evaluate
     from .spaces.inpainting import InpaintingSpace
+    from .tasks.inpainting import inpainting
     from .trainer import resolve_device
 
     device = resolve_device(args.device)
-    data = load_cifar10(args.data)
     space = InpaintingSpace(args.encoding, layers=args.layers, channel_scale=args.channel_scale)
-    found = search_inpainting(space, data.train_x, args.mask, iterations=args.iterations, batch=args.batch,
-                              device=device, seed=args.seed)
-    # a fixed random subset: the test set is sorted by class, so its first images would all be airplanes
-    test_x = data.test_x[torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(0))[:args.test_images]]
+    task = inpainting(data=args.data, mask=args.mask, test_images=args.test_images)
+    found = search_inpainting(space, task, iterations=args.iterations, batch=args.batch, device=device,
+                              seed=args.seed, progress=not args.quiet)
     common = dict(mask=args.mask, seconds=args.retrain_seconds, batch=args.batch, device=device, seed=args.seed)
-    searched = train_and_evaluate(space, found.arch, data.train_x, test_x, **common)
-    hand = baseline(space, data.train_x, test_x, **common)
+    searched = train_and_evaluate(space, found["arch"], task.train_x, task.test_x, **common)
+    hand = baseline(space, task.train_x, task.test_x, **common)
     record = {"settings": {k: v for k, v in vars(args).items() if k not in ("command",)},
-              "search_seconds": round(found.seconds, 2), "searched": searched, "baseline": hand}
+              "search_seconds": found["result"]["search_seconds"], "search_cpu_seconds": found["result"]["cpu_seconds"],
+              "search": {"config": found["config"], "result": found["result"]}, "searched": searched, "baseline": hand}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "inpaint.json").write_text(json.dumps(record, indent=2, default=float))
     for name, r in (("searched", searched), ("hand-designed", hand)):
@@ -298,20 +305,31 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    from .data import load_cifar10
-    from .retrain import retrain_preset, retrain_run
+    from .retrain import retrain
+
+    record = retrain(args.arch, run=args.run, space=args.space,
+                     space_options=parse_assignments(args.space_option, "--space-option"), task=args.task,
+                     task_options=parse_assignments(args.task_option, "--task-option"), data=args.data,
+                     preset=args.preset, changes=parse_assignments(args.set, "--set"), out=args.out,
+                     device=args.device, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    metric = record["task"]["metric"]
+    scores = [f"{split} {metric} " + (f"{100 * score[metric]:.2f} %" if metric == "accuracy" else f"{score[metric]:.2f}")
+              for split, score in record["scores"].items()]
+    size = f"params {record['parameters'] / 1e6:.2f} M" + (f"  FLOPs {record['flops'] / 1e6:.0f} M" if record["flops"] else "")
+    written = record.get("summary") or f"{record['out']}/result.json"
+    print(f"{'  '.join(scores)}  {size}  [{record['train_seconds']:.0f} s]  -> {written}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
     from .trainer import resolve_device
 
-    try:
-        config = retrain_preset(args.preset, **parse_assignments(args.set, "--set"))
-    except TypeError as e:
-        raise UserError(f"unknown retraining setting ({e}); see oneshot/retrain.py RetrainConfig") from None
-    device = resolve_device(args.device)
-    record = retrain_run(args.run, load_cifar10(args.data), config, device, progress=not args.quiet,
-                         preset_name=args.preset)
-    print(f"test error {record['test_error_percent']:.2f} %  params {record['parameters'] / 1e6:.2f} M  "
-          f"(C={record['channels']}, {record['cells']} cells)  [{record['train_seconds']:.0f} s]  "
-          f"-> {args.run}/retrain-{args.preset}.json")
+    if args.calibration_batches < 1:
+        raise UserError("--calibration-batches must be at least 1")
+    record = export_run(args.run, args.out, resolve_device(args.device), args.calibration_batches)
+    metric = next(k for k in record if k.startswith("test_"))
+    print(f"{record['architecture']}  {metric.replace('_', ' ')} {record[metric]:.4f}  -> {record['file']}")
     return 0
 
 
@@ -324,16 +342,25 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     if args.command == "strategies":
-        from .strategies import available
+        from .strategies import available, hyperparameters
+
+        items = available()
+    elif args.command == "tasks":
+        from .tasks import available
 
         items = available()
     else:
+        from . import plugins
         from .spaces import SPACES
 
+        plugins.load()
         items = {name: desc for name, (_, desc) in SPACES.items()}
     width = max(map(len, items))
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")
+        if getattr(args, "details", False):
+            for hp, (kind, default) in hyperparameters(name).items():
+                print(f"{'':<{width}}    --hp {hp}={default!r:<10} ({kind})")
     return 0
 
 
@@ -342,13 +369,22 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report, "asng-toy": cmd_asng_toy,
                    "inpaint": cmd_inpaint, "retrain": cmd_retrain,
-                   "shrink": cmd_shrink}.get(args.command, cmd_list)
+                   "shrink": cmd_shrink, "export": cmd_export}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:
         print(f"oneshot: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("oneshot: interrupted; continue the run with --resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        from .api import Interrupted
+
+        if isinstance(e, Interrupted) and not e.resumable:
+            print(f"oneshot: interrupted before the first checkpoint; {e.out} is as it was: run the same command "
+                  "again", file=sys.stderr)
+        elif isinstance(e, Interrupted):
+            print(f"oneshot: interrupted; continue with the same command and --resume (or just "
+                  f"'oneshot search --resume --out {e.out}')", file=sys.stderr)
+        else:
+            print("oneshot: interrupted", file=sys.stderr)
         return 130
 
 

@@ -49,14 +49,18 @@ class Cifar10:
     classes: tuple[str, ...]
 
 
-def load_cifar10(path: str | os.PathLike | None, cache_dir: str | Path | None = None) -> Cifar10:
-    """Load CIFAR-10; ``path=None`` means the user gave no --data, so fall back to the official download."""
+def load_cifar10(path: str | os.PathLike | None, cache_dir: str | Path | None = None, size: int | None = None) -> Cifar10:
+    """Load CIFAR-10, or any image-folder tree of that layout (any number of classes, any square size);
+    ``path=None`` means the user gave no --data, so fall back to the official download. ``size``: resize every
+    image to size x size (without it all images must share one square size)."""
+    if size is not None and size < 1:
+        raise UserError(f"image size {size} must be at least 1")
     cache = Path(cache_dir or os.environ.get("ONESHOT_CACHE") or Path.home() / ".cache" / "oneshot").expanduser()
     src = _find_source(Path(os.fspath(path)).expanduser()) if path is not None else _download(cache)
-    cached = cache / f"cifar10-{_cache_key(src)}.pt"
+    cached = cache / f"cifar10-{_cache_key(src)}{'' if size is None else f'-{size}px'}.pt"
     if cached.is_file() and (data := _load_cache(cached)) is not None:
         return data
-    data = _parse(_tar_entries(src) if src.is_file() else _dir_entries(src), src)
+    data = _parse(_tar_entries(src) if src.is_file() else _dir_entries(src), src, size)
     _save_cache(data, cached)
     return data
 
@@ -80,7 +84,7 @@ def _find_source(p: Path) -> Path:
     if len(found) > 1:
         raise UserError(f"{p} holds several datasets ({', '.join(c.name for c in found)}): pass --data to one")
     if not found:
-        raise UserError(f"no CIFAR-10 found in {p}: expected {_LAYOUTS}")
+        raise UserError(f"no image data found in {p}: expected {_LAYOUTS}")
     return found[0]
 
 
@@ -108,7 +112,7 @@ def _tar_entries(src: Path) -> list[tuple[str, bytes | None]]:
         raise UserError(f"cannot read tarball {src} ({type(e).__name__}): re-download or re-create it") from e
 
 
-def _parse(entries: list, src: Path) -> Cifar10:
+def _parse(entries: list, src: Path, size: int | None = None) -> Cifar10:
     images: dict[tuple[str, str], list] = {}
     batches = {}
     for rel, payload in entries:
@@ -134,26 +138,77 @@ def _parse(entries: list, src: Path) -> Cifar10:
             if not files:
                 problem = "has no .jpg/.png images" if (split, c) in images else "is missing"
                 raise UserError(f"{src}: class folder {split}/{c} {problem}; give train/ and test/ the same classes")
-            xs += [_decode(blob, f"{src}/{rel}") for _, rel, blob in files]
+            xs += [_decode(blob, f"{src}/{rel}", size) for _, rel, blob in files]
             ys += [label] * len(files)
+        shapes = sorted({a.shape[:2] for a in xs})
+        if len(shapes) > 1 or shapes[0][0] != shapes[0][1]:
+            raise UserError(f"{src}: images are not all of one square size ({', '.join(f'{w}x{h}' for h, w in shapes[:3])}"
+                            f"{', ...' if len(shapes) > 3 else ''}); resize them with --task-option size=N")
         out[split] = (torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), torch.tensor(ys))
+    if out["train"][0].shape[2:] != out["test"][0].shape[2:]:
+        raise UserError(f"{src}: train and test images differ in size; resize them with --task-option size=N")
     return Cifar10(*out["train"], *out["test"], tuple(classes))
 
 
-def _decode(blob: bytes, name: str) -> np.ndarray:
+def _decode(blob: bytes, name: str, size: int | None = None) -> np.ndarray:
     # Serial on purpose: a process pool saved only ~0.8 s of ~4.5 s on 2 cores, for a one-time decode.
     try:
         with Image.open(io.BytesIO(blob)) as im:
-            a = np.asarray(im.convert("RGB"))
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot decode image {name}: corrupt or not an image; replace or delete it") from e
-    if a.shape != (32, 32, 3):
-        raise UserError(f"image {name} is {a.shape[1]}x{a.shape[0]}, not 32x32: resize it or use CIFAR-10")
-    return a
+
+
+def _numpy_global(modules: tuple[str, ...], name: str):
+    """``name`` from the first of ``modules`` that has it (numpy 2 renamed ``numpy.core`` to ``numpy._core``)."""
+    import importlib
+
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else.
+
+    A pickle names the callables it wants run; a plain ``pickle.loads`` imports and calls any of them, so a
+    doctored ``data_batch_1`` could run code. A batch is a dict of bytes, lists and numpy arrays, so only
+    numpy's array and dtype reconstructors are allowed: ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``
+    and ``numpy.dtype`` (what the official protocol-2 files name), under their numpy 1 and numpy 2 module names,
+    and ``_frombuffer`` (what numpy writes for protocol 5). Anything else is refused before it is imported."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+        **{(module, "_reconstruct"): lambda: _numpy_global(("numpy._core.multiarray", "numpy.core.multiarray"),
+                                                           "_reconstruct")
+           for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(module, "_frombuffer"): lambda: _numpy_global(("numpy._core.numeric", "numpy.core.numeric"), "_frombuffer")
+           for module in ("numpy.core.numeric", "numpy._core.numeric")},
+    }
+
+    def __init__(self, payload: bytes, where: str):
+        super().__init__(io.BytesIO(payload), encoding="bytes")  # bytes: the official files come from Python 2
+        self.where = where
+
+    def find_class(self, module, name):
+        make = self._ALLOWED.get((module, name))
+        found = make() if make else None
+        if found is None:
+            raise UserError(f"refusing to load {self.where}: it asks to run {module}.{name}, which a CIFAR-10 batch "
+                            "never needs (a pickle can run code); use the official cifar-10-batches-py")
+        return found
 
 
 def _parse_batches(batches: dict, src: Path) -> Cifar10:
-    """The official python format. These are pickles, so only point --data at files you trust."""
+    """The official python format. These are pickles, read by ``_BatchUnpickler``, which builds numpy arrays
+    and refuses everything else."""
     missing = [b for b in _BATCHES if b not in batches]
     if missing:
         raise UserError(f"{src} lacks {', '.join(missing)}: use the complete official cifar-10-batches-py")
@@ -161,10 +216,12 @@ def _parse_batches(batches: dict, src: Path) -> Cifar10:
     for b in _BATCHES:
         rel, payload = batches[b]
         try:  # a damaged pickle can raise almost anything, hence the broad except
-            d = pickle.loads(payload, encoding="bytes")
+            d = _BatchUnpickler(payload, f"{src}/{rel}").load()
             x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
             if x.dtype != np.uint8 or x.shape != (len(y), 3072) or y.min(initial=0) < 0 or y.max(initial=0) > 9:
                 raise ValueError("not the CIFAR-10 layout")
+        except UserError:
+            raise
         except Exception as e:
             raise UserError(f"cannot read CIFAR-10 batch {src}/{rel}: corrupt or not the official format; "
                             "re-download it") from e

@@ -1,8 +1,9 @@
 """A table and a figure from finished run folders: ``report(["runs/a-s0", "runs/a-s1", ...], out="report/")``.
 
-Runs are grouped by method: the strategy name from result.json plus its non-default hyper-parameters
-(``config["strategy_options"]``) and space options, so ``advantage`` and ``advantage (baseline=true)`` get rows of
-their own. Accuracies are NB201 CIFAR-10 test accuracies (``cifar10``: ori-test, 200 epochs, seed mean) of the
+Runs are grouped by their whole configuration except the seed (and where the data lives and which device ran
+it), so a 2-epoch smoke run never pools with a 20-epoch run; two runs of one group with the same seed are refused.
+A row is labelled with the strategy, its hyper-parameters and space options, and every other setting in which
+its group differs from the others (``advantage [epochs=20]``). Accuracies are NB201 CIFAR-10 test accuracies (``cifar10``: ori-test, 200 epochs, seed mean) of the
 final argmax architecture ("AM") and of the best sampled one ("PB"); ± is the sample standard deviation (n-1)
 over seeds, left out when a method has a single seed.
 """
@@ -36,6 +37,14 @@ def load_run(path: str | Path) -> dict:
     except ValueError as e:
         raise UserError(f"{path} holds a corrupt JSON file ({e}); rerun that search with --overwrite") from None
     return {"path": str(path), "config": config, "result": result, "records": records}
+
+
+NOT_A_METHOD = ("seed", "data", "device")  # settings that do not make a run a different experiment
+
+
+def group_key(run: dict) -> str:
+    config = {k: v for k, v in run["config"].items() if k not in NOT_A_METHOD}
+    return json.dumps({"strategy": run["result"].get("strategy"), **config}, sort_keys=True)
 
 
 def method_label(run: dict) -> str:
@@ -154,15 +163,42 @@ def plot_curves(methods: dict[str, dict], path: str | Path) -> None:
     plt.close(fig)
 
 
+EXPLANATION = """
+AM: NB201 CIFAR-10 test accuracy (200-epoch training, mean over the table's seeds) of the architecture the search
+returned (argmax of θ; random search: best of its sampled children on validation data). PB: the same for the
+best architecture the strategy sampled during the search (lowest loss on one validation batch). ± is the sample
+standard deviation over seeds. Mean AM rank: rank of the AM cell among the 15,625 cells (1 = best). The
+equal-time column cuts each run at the reference method's search time of the same seed. Search time is wall-clock
+seconds of the search loop, CPU its process time.
+"""
+
+
 def report(run_dirs: Sequence[str], out: str | None = None, reference: str | None = "advantage") -> str:
     """The Markdown table of the runs in ``run_dirs``; with ``out``, also writes report.md, report.json and
     curves.png there. ``reference``: the method whose search time (per seed) sets the equal-time column."""
     if not run_dirs:
         raise UserError("no run folders given; pass the folders that 'oneshot search' wrote")
-    groups: dict[str, list[dict]] = {}
+    by_config: dict[str, list[dict]] = {}
     for path in run_dirs:
         run = load_run(path)
-        groups.setdefault(method_label(run), []).append(run)
+        by_config.setdefault(group_key(run), []).append(run)
+    for runs in by_config.values():
+        seen: dict = {}
+        for run in runs:
+            seed = run["result"].get("seed")
+            if seed in seen:
+                raise UserError(f"{seen[seed]} and {run['path']} are the same experiment with the same seed {seed}; "
+                                "pass each run once")
+            seen[seed] = run["path"]
+    # settings (other than the strategy and its options, which the label shows) in which groups differ
+    configs = [runs[0]["config"] for runs in by_config.values()]
+    shown = ("strategy", "strategy_options", "space_options", *NOT_A_METHOD)
+    varying = sorted({k for c in configs for k in c if k not in shown and any(o.get(k) != c.get(k) for o in configs)})
+    groups: dict[str, list[dict]] = {}
+    for runs in by_config.values():
+        label = method_label(runs[0])
+        extra = [f"{k}={json.dumps(runs[0]['config'].get(k))}" for k in varying]
+        groups[label + (f" [{', '.join(extra)}]" if extra else "")] = runs
     if reference not in groups:
         reference = None
     budgets = {r["result"].get("seed"): r["result"]["search_seconds"] for r in groups[reference]} if reference else None
@@ -174,7 +210,7 @@ def report(run_dirs: Sequence[str], out: str | None = None, reference: str | Non
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot write the report folder {folder} ({e.strerror}); choose another one") from None
-        (folder / "report.md").write_text(text)
+        (folder / "report.md").write_text(text + EXPLANATION)
         (folder / "report.json").write_text(json.dumps(methods, indent=1))
         plot_curves(methods, folder / "curves.png")
     return text

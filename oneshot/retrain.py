@@ -1,128 +1,525 @@
-"""Training a searched architecture from scratch and testing it (the evaluator for spaces without a table).
+"""Training a child from scratch and testing it: the one retraining loop of every space and task.
 
-The ASNG-NAS / DARTS protocol (spec asng.md §3): the stand-alone child with affine BN, SGD (momentum 0.9,
-cosine lr, weight decay, gradient clipping at 5), cutout, an auxiliary head weighted 0.4, drop-path growing
-linearly to 0.3, the full training set, and the test error of the last epoch. ``paper`` is that protocol; ``cpu`` a
-documented reduction (8 cells at C=16, 10k images, 10 epochs) that runs in minutes on 2 cores.
+``train(space, arch, task, config, device)`` builds ``space.build_child(arch, input_shape=task.input_shape,
+num_outputs=task.num_outputs, **network settings)``, trains it on ``task.train_stream`` with ``task.loss`` and
+reports ``task.evaluate`` on "test" (and first on "valid" where the task has one: PTB, at its batch 1). SGD
+(momentum, optionally Nesterov) with coupled weight decay on every parameter, a cosine learning rate per integer
+epoch (to 0), optional global-norm clipping; on a child with a ``drop_path`` attribute, drop-path ramped linearly
+as ``drop_path * epoch / epochs``. A checkpoint after every epoch in the run folder; ``--resume`` continues from
+it and, on a CPU, ends exactly where an uninterrupted run ends.
+
+Auxiliary heads: a child that has an ``auxiliary`` attribute (ENAS micro, DARTS) follows the DARTS convention,
+``forward(x) -> (logits, aux_logits)`` with ``aux_logits`` None in eval mode or without a head. The loop hands the
+task ``logits`` only and adds ``aux_weight`` x the task's loss of ``aux_logits`` (``task.loss`` of a forward that
+returns that fixed tensor). Any other child's output goes to the task as it is, so a PTB child's
+``(logits, hidden)`` is the task's business, never mistaken for an auxiliary head. The head is built only when
+``aux_weight > 0`` and never counts in ``parameters``.
+
+Presets (``paper``: the published protocol, for a GPU; ``cpu``: a reduction for 2 CPU cores, measured times in
+the README; ``smoke``: seconds, proves the plumbing):
+
+- nb201: NB201's own training (AutoDL-Projects ``configs/nas-benchmark/hyper-opts/200E.config``): TinyNetwork
+  C=16, N=5 (``op_style="nb201"``, affine BN), 200 epochs, batch 256, Nesterov SGD momentum 0.9, lr 0.1 cosine,
+  wd 5e-4, no clipping, crop + flip, no cutout. cpu: C=16, N=1, 10k images, 10 epochs, batch 128.
+- enas_micro: ASNG-NAS (spec asng.md §3): 20 cells at the widest C with at most 4.0 M parameters
+  (``channels=0``), 600 epochs, batch 80, SGD momentum 0.9 lr 0.025, wd 3e-4, clip 5, cutout 16, aux 0.4,
+  drop-path to 0.3. cpu: 8 cells at C=16, 10k images, 10 epochs, batch 64 (as before this loop existed).
+- darts: SNAS / DARTS evaluation (spec snas.md §4): 20 cells, C=36, batch 96, 600 epochs, SGD momentum 0.9
+  lr 0.025 cosine, wd 3e-4, clip 5, cutout 16, aux 0.4, drop-path to 0.2, pools with BN. cpu: 8 cells at C=16,
+  10k images, 8 epochs, batch 64 (sized to finish in under 30 minutes on 2 cores).
+- rnn: AdvantageNAS PTB retraining (spec advantagenas.md §3, official ``ptb/custom.py``): hidden = embedding =
+  300, dropout 0.5/0.5, 100 epochs, batch 256, BPTT 35, plain SGD lr 20 cosine, clip 0.25, no weight decay;
+  valid and test perplexity at batch 1 from a reset state. cpu: the same network, batch 32, 15 epochs, on the PTB
+  fallback data (``fallback=true``: 90 % of ptb.valid.txt trains; the note goes into result.json).
+- any other space: nb201's training settings, and ``child_options`` for its ``build_child``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, replace
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from .data import Batches, Cifar10, eval_batches, split_train
+from .config import coerce
 from .errors import UserError
+from .runs import RunFolder, atomic_write, crash_point
 
 
 @dataclass
 class RetrainConfig:
-    cells: int = 20
-    channels: int = 0            # 0: the widest network under max_params (binary search)
-    max_params: float = 4.0e6
-    epochs: int = 600
-    batch_size: int = 80
-    n_train: int = 50_000
-    lr: float = 0.025
+    space: str = ""               # whose presets these are (recorded; the loop reads the space object)
+    preset: str = ""
+    # the network: each space reads the settings NETWORK_SETTINGS lists for it
+    channels: int = 16            # nb201, enas_micro (0: the widest under max_params), darts
+    cells: int = 20               # enas_micro, darts: cells in the network, two of them reductions
+    cells_per_stage: int = 5      # nb201
+    op_style: str = "nb201"       # nb201: "nb201" (NB201's TinyNetwork) or "advantage"
+    max_params: float = 4.0e6     # enas_micro with channels=0
+    pool_bn: bool = True          # darts: BN after the pools (SNAS; DARTS's own evaluation has none)
+    hidden: int = 300             # rnn
+    embedding: int = 0            # rnn: 0 = hidden
+    dropout_input: float = 0.5    # rnn
+    dropout_output: float = 0.5   # rnn
+    child_options: dict = field(default_factory=dict)  # more build_child options (a space of your own)
+    # data
+    task_options: dict = field(default_factory=dict)   # added to the task's options (rnn cpu: fallback)
+    n_train: int = 0              # training examples (images: the first of a fixed shuffle); 0 = all
+    augment: bool = True          # crop + flip (images)
+    cutout: int = 0               # side of the cut-out square; 0 = none
+    # optimisation
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    cutout: int = 16
-    aux_weight: float = 0.4
-    drop_path: float = 0.3
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    grad_clip: float = 0.0        # global norm; 0 = no clipping
+    aux_weight: float = 0.0       # enas_micro, darts
+    drop_path: float = 0.0        # enas_micro, darts: the ramp's final probability
+    eval_batch_size: int = 0      # 0 = the task's own (images 256, PTB 1)
     seed: int = 0
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-RETRAIN_PRESETS = {
-    "paper": RetrainConfig(),
-    "cpu": RetrainConfig(cells=8, channels=16, epochs=10, batch_size=64, n_train=10_000),
-    "smoke": RetrainConfig(cells=3, channels=4, epochs=1, batch_size=32, n_train=256),
+    def replace(self, **changes) -> "RetrainConfig":
+        """A copy with ``changes``, each coerced to its setting's type (strings from the command line too)."""
+        types = typing.get_type_hints(RetrainConfig)
+        unknown = sorted(set(changes) - set(types))
+        if unknown:
+            raise UserError(f"unknown retraining setting(s) {unknown}; valid: {', '.join(types)}")
+        return dataclasses.replace(self, **{k: coerce(k, v, types[k]) for k, v in changes.items()})
+
+    def validated(self) -> "RetrainConfig":
+        """This configuration if every value is in range, else one UserError naming the setting."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(f"retraining: {message}; change it with --set")
+
+        for name in ("epochs", "batch_size", "cells", "cells_per_stage", "hidden"):
+            need(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("channels", "embedding", "n_train", "cutout", "eval_batch_size"):
+            need(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("lr", "max_params"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value > 0, f"{name} must be a positive finite number, got {value}")
+        for name in ("weight_decay", "grad_clip", "aux_weight"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value >= 0, f"{name} must be finite and not negative, got {value}")
+        for name in ("momentum", "drop_path", "dropout_input", "dropout_output"):
+            need(0 <= getattr(self, name) < 1, f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        need(not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0")
+        need(self.op_style in ("nb201", "advantage"), f"op_style must be nb201 or advantage, got {self.op_style!r}")
+        return self
+
+
+# Settings that only some spaces read; a space of your own reads child_options.
+NETWORK_SETTINGS = {
+    "nb201": ("channels", "cells_per_stage", "op_style"),
+    "enas_micro": ("channels", "cells", "max_params"),
+    "darts": ("channels", "cells", "pool_bn"),
+    "rnn": ("hidden", "embedding", "dropout_input", "dropout_output"),
+}
+HEADED = ("aux_weight", "drop_path")        # children with an auxiliary head and drop-path
+IMAGE_DATA = ("n_train", "augment", "cutout")
+APPLIES = {"nb201": IMAGE_DATA, "enas_micro": IMAGE_DATA + HEADED, "darts": IMAGE_DATA + HEADED, "rnn": ()}
+SPACE_SPECIFIC = {s for names in NETWORK_SETTINGS.values() for s in names} | set(HEADED) | set(IMAGE_DATA)
+
+_NB201_TRAINING = dict(epochs=200, batch_size=256, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                       grad_clip=0.0, cutout=0, aux_weight=0.0, drop_path=0.0)
+_NB201 = dict(_NB201_TRAINING, channels=16, cells_per_stage=5, op_style="nb201")
+_ENAS = dict(channels=0, max_params=4.0e6, cells=20, epochs=600, batch_size=80, n_train=0, lr=0.025,
+             momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4,
+             drop_path=0.3)
+_DARTS = dict(channels=36, cells=20, pool_bn=True, epochs=600, batch_size=96, n_train=0, lr=0.025, momentum=0.9,
+              nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4, drop_path=0.2)
+_RNN = dict(hidden=300, embedding=300, dropout_input=0.5, dropout_output=0.5, epochs=100, batch_size=256, lr=20.0,
+            momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=0.25, augment=False, cutout=0)
+_GENERIC = {"paper": _NB201_TRAINING, "cpu": dict(_NB201_TRAINING, epochs=10, batch_size=128, n_train=10_000),
+            "smoke": dict(_NB201_TRAINING, epochs=1, batch_size=32, n_train=256)}
+RETRAIN_PRESETS: dict[str, dict[str, dict]] = {
+    "nb201": {"paper": _NB201,
+              "cpu": dict(_NB201, cells_per_stage=1, epochs=10, batch_size=128, n_train=10_000),
+              "smoke": dict(_NB201, channels=4, cells_per_stage=1, epochs=1, batch_size=32, n_train=256)},
+    "enas_micro": {"paper": _ENAS,
+                   "cpu": dict(_ENAS, cells=8, channels=16, epochs=10, batch_size=64, n_train=10_000),
+                   "smoke": dict(_ENAS, cells=3, channels=4, epochs=1, batch_size=32, n_train=256)},
+    "darts": {"paper": _DARTS,
+              "cpu": dict(_DARTS, cells=8, channels=16, epochs=8, batch_size=64, n_train=10_000),
+              "smoke": dict(_DARTS, cells=3, channels=4, epochs=1, batch_size=32, n_train=256)},
+    "rnn": {"paper": _RNN,
+            "cpu": dict(_RNN, epochs=15, batch_size=32, task_options={"fallback": True}),
+            "smoke": dict(_RNN, hidden=16, embedding=16, epochs=1, batch_size=64, task_options={"fallback": True})},
 }
 
 
-def retrain_preset(name: str, **changes) -> RetrainConfig:
-    if name not in RETRAIN_PRESETS:
-        raise UserError(f"unknown retraining preset {name!r}; choose from {', '.join(RETRAIN_PRESETS)}")
-    return replace(RETRAIN_PRESETS[name], **changes)
+def retrain_preset(name: str, space: str = "enas_micro", **changes) -> RetrainConfig:
+    """The preset ``name`` for ``space`` with ``changes``; a change that the space does not read is refused."""
+    presets = RETRAIN_PRESETS.get(space, _GENERIC)
+    if name not in presets:
+        raise UserError(f"unknown retraining preset {name!r}; choose from {', '.join(presets)}")
+    if space in NETWORK_SETTINGS:
+        foreign = sorted(k for k in changes if k in SPACE_SPECIFIC
+                         and k not in NETWORK_SETTINGS[space] + APPLIES[space])
+        if foreign:
+            raise UserError(f"retraining setting(s) {', '.join(foreign)} do not apply to space {space}; its own are "
+                            f"{', '.join(NETWORK_SETTINGS[space] + APPLIES[space]) or 'none'}")
+    else:
+        foreign = sorted(k for k in changes if k in {s for names in NETWORK_SETTINGS.values() for s in names})
+        if foreign:
+            raise UserError(f"retraining setting(s) {', '.join(foreign)} belong to the built-in spaces; give a space "
+                            f"of your own its network options with --set child_options='{{...}}'")
+    return RetrainConfig().replace(**presets[name]).replace(space=space, preset=name, **changes)
 
 
-def test_accuracy(model: torch.nn.Module, data: Cifar10, device: torch.device) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in eval_batches(data.test_x, data.test_y, 500, device):
-            out = model(x)
-            logits = out[0] if isinstance(out, tuple) else out
-            correct += (logits.argmax(1) == y).sum().item()
-    return correct / len(data.test_y)
+# --- the child --------------------------------------------------------------------------------------------
+def network_options(space, arch, task, config: RetrainConfig) -> dict:
+    """The ``build_child`` options of ``config`` for ``space`` (``channels=0``: the widest under max_params)."""
+    options = {name: getattr(config, name) for name in NETWORK_SETTINGS.get(space.name, ())}
+    if space.name in NETWORK_SETTINGS:
+        options.pop("max_params", None)
+        if "embedding" in options:
+            options["embedding"] = options["embedding"] or None
+        if space.name in ("enas_micro", "darts"):
+            options["auxiliary"] = config.aux_weight > 0
+    if options.get("channels") == 0:
+        if not hasattr(space, "channels_for_budget"):
+            raise UserError(f"channels=0 (the widest network under max_params) needs a space with a parameter "
+                            f"budget search (enas_micro), not {space.name}; set channels")
+        options["channels"] = space.channels_for_budget(arch, config.max_params, config.cells, task.num_outputs)
+    return {**options, **config.child_options}
 
 
-def retrain(space, arch, data: Cifar10, config: RetrainConfig, device: torch.device, progress: bool = True) -> dict:
-    """Train ``arch`` of ``space`` from scratch on ``n_train`` training images (all 50k in the paper protocol);
-    test on the test set."""
-    from tqdm.auto import tqdm
-
-    if not hasattr(space, "channels_for_budget"):
-        raise UserError(f"retraining is implemented for enas_micro, not {space.name!r}"
-                        + (" (NB201 cells are scored by 'oneshot evaluate')" if space.name == "nb201" else ""))
-    if config.n_train > len(data.train_x):
-        raise UserError(f"n_train {config.n_train} exceeds the {len(data.train_x)} training images; lower it")
-    torch.manual_seed(config.seed)
-    channels = config.channels or space.channels_for_budget(arch, config.max_params, config.cells)
-    model = space.build_child(arch, channels, config.cells, auxiliary=config.aux_weight > 0).to(device)
-    params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("aux"))
-    # the fixed shuffle of split_train: the training set is sorted by class, so a prefix would hold one class
-    (x, y), _ = split_train(data, config.n_train, 0)
-    stream = Batches(x, y, config.batch_size, device, augment=True, seed=config.seed, cutout=config.cutout)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    start = time.perf_counter()
-    bar = tqdm(total=config.epochs * stream.steps_per_epoch, disable=not progress, desc="retrain", unit="it")
-    for epoch in range(config.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
-        model.drop_path = config.drop_path * epoch / config.epochs
-        model.train()
-        for _ in range(stream.steps_per_epoch):
-            x, y = next(stream)
-            logits, aux = model(x)
-            loss = F.cross_entropy(logits, y)
-            if aux is not None:
-                loss = loss + config.aux_weight * F.cross_entropy(aux, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            bar.update()
-        if not math.isfinite(loss.item()):
-            raise UserError(f"the retraining loss became {loss.item()} in epoch {epoch}; lower --set lr=...")
-    bar.close()
-    accuracy = test_accuracy(model, data, device)
-    return {"architecture": space.to_string(arch), "channels": channels, "cells": config.cells,
-            "parameters": params, "test_accuracy": accuracy, "test_error_percent": round(100 * (1 - accuracy), 2),
-            "train_seconds": round(time.perf_counter() - start, 1), "device": str(device), "config": asdict(config)}
-
-
-def retrain_run(run_dir: str, data: Cifar10, config: RetrainConfig, device: torch.device, progress: bool = True,
-                preset_name: str = "") -> dict:
-    """Retrain the architecture a search run found; writes ``retrain[-PRESET].json`` beside its result.json."""
-    from .spaces import create_space
-
-    folder = Path(run_dir)
+def build_child(space, arch, task, options: dict) -> nn.Module:
+    """``space.build_child(arch, input_shape=..., num_outputs=..., **options)``; an unknown option is one line."""
+    build = space.build_child
+    params = inspect.signature(build).parameters
+    shapes = {"input_shape": tuple(task.input_shape), "num_outputs": task.num_outputs}
+    if "input_shape" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        shapes = {"num_classes": task.num_outputs}  # a space that predates the task interface (enas_micro)
     try:
-        result = json.loads((folder / "result.json").read_text())
-        search_config = json.loads((folder / "config.json").read_text())
+        inspect.signature(build).bind(arch, **shapes, **options)
+    except TypeError as e:
+        raise UserError(f"space {space.name!r}: build_child does not take these options ({e}); "
+                        "change --set child_options") from None
+    return build(arch, **shapes, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of the network, without those of its auxiliary head (used only in training)."""
+    head = getattr(model, "auxiliary", None)
+    skip = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def count_flops(model: nn.Module, task) -> int | None:
+    """Multiply-adds of one image through the network (image tasks; the DARTS space's counter)."""
+    if len(task.input_shape) != 3:
+        return None
+    try:
+        from .spaces.darts import count_flops as counter
+    except ImportError:
+        return None
+    return int(counter(model, task.input_shape))
+
+
+def evaluation_splits(task, device) -> list[str]:
+    """The splits to report: the task's ``eval_splits`` if it declares them, else "valid" where the task has
+    one and always "test" (a task without a test split is refused here, before any training)."""
+    declared = getattr(task, "eval_splits", None)
+    if declared is not None:
+        return list(declared)
+    splits = []
+    for split in ("valid", "test"):
+        try:
+            next(iter(task.eval_batches(split, 1, device, limit=2)), None)
+        except UserError:
+            if split == "test":
+                raise
+            continue
+        splits.append(split)
+    return splits
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+def cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Retraining:
+    """One from-scratch training run; ``run()`` trains and tests, ``state_dict()`` is the checkpoint."""
+
+    def __init__(self, space, arch, task, config: RetrainConfig, device: torch.device):
+        self.space, self.task, self.config, self.device = space, task, config.validated(), torch.device(device)
+        self.arch = space.check(arch)
+        torch.manual_seed(config.seed)
+        self.network = network_options(space, self.arch, task, config)
+        self.model = build_child(space, self.arch, task, self.network).to(self.device)
+        self.headed = hasattr(self.model, "auxiliary")  # returns (logits, aux_logits): the DARTS convention
+        if config.aux_weight > 0 and getattr(self.model, "auxiliary", None) is None:
+            raise UserError(f"space {space.name}'s child has no auxiliary head; set aux_weight=0")
+        if config.drop_path > 0 and not hasattr(self.model, "drop_path"):
+            raise UserError(f"space {space.name}'s child has no drop-path; set drop_path=0")
+        self.parameter_count = count_parameters(self.model)
+        self.flops = count_flops(self.model, task)
+        self.splits = evaluation_splits(task, self.device)
+        self.stream = task.train_stream(config.batch_size, self.device, config.seed, n_train=config.n_train or None,
+                                        augment=config.augment, cutout=config.cutout)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.steps_per_epoch = self.stream.steps_per_epoch
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.step = 0
+        self.elapsed = 0.0
+
+    def forward(self, *inputs):
+        """The child as the task sees it: logits only for a headed child, anything else as it is."""
+        out = self.model(*inputs)
+        if not self.headed:
+            return out
+        logits, self._aux = out
+        return logits
+
+    def train_step(self, batch) -> float:
+        self._aux = None
+        loss = self.task.loss(self.forward, batch)
+        aux = self._aux
+        if aux is not None:
+            loss = loss + self.config.aux_weight * self.task.loss(lambda *_: aux, batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise UserError(f"the retraining loss became {value} at step {self.step} (epoch "
+                            f"{self.step // self.steps_per_epoch}); lower the learning rate (--set lr=...) and start "
+                            "again with --overwrite")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return value
+
+    def begin_epoch(self, epoch: int) -> dict:
+        config = self.config
+        lr = config.lr * cosine(epoch / config.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        schedule = {"lr": lr}
+        if hasattr(self.model, "drop_path"):
+            self.model.drop_path = schedule["drop_path"] = config.drop_path * epoch / config.epochs
+        self.model.train()
+        return schedule
+
+    def run(self, folder: RunFolder | None = None, progress: bool = True, stop_after: int | None = None) -> dict | None:
+        """Train to the end (or to ``stop_after`` steps, for tests of resume), then test."""
+        from tqdm.auto import tqdm
+
+        if progress and self.task.protocol_note and self.step == 0:
+            tqdm.write(f"note: {self.task.protocol_note}")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="it", dynamic_ncols=True,
+                   desc=f"retrain {self.space.name}")
+        start = time.perf_counter()
+        while self.step < self.total_steps:
+            epoch = self.step // self.steps_per_epoch
+            schedule = self.begin_epoch(epoch)
+            losses = []
+            for _ in range(self.steps_per_epoch):
+                if stop_after is not None and self.step >= stop_after:
+                    bar.close()
+                    return None
+                losses.append(self.train_step(next(self.stream)))
+                self.step += 1
+                crash_point("step")
+                bar.update()
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
+            self.elapsed += time.perf_counter() - start
+            start = time.perf_counter()
+            if folder is not None:
+                folder.log({"step": self.step, "epoch": epoch + 1, "loss": sum(losses) / len(losses), **schedule,
+                            "seconds": round(self.elapsed, 2)})
+                folder.save_checkpoint(self.state_dict())
+        bar.close()
+        self.elapsed += time.perf_counter() - start
+        return self.finish()
+
+    def evaluate(self, split: str) -> dict:
+        self.model.eval()
+        size = {"batch_size": self.config.eval_batch_size} if self.config.eval_batch_size else {}
+        return self.task.evaluate(self.forward, split, self.device, **size)
+
+    def finish(self) -> dict:
+        from .trainer import versions
+
+        t0 = time.perf_counter()
+        scores = {split: self.evaluate(split) for split in self.splits}
+        metric = self.task.metric
+        result = {"space": self.space.name, "architecture": self.space.to_string(self.arch),
+                  "parameters": self.parameter_count, "flops": self.flops, "network": self.network}
+        for split, score in scores.items():
+            result[f"{split}_{metric}"] = score[metric]
+        if metric == "accuracy" and "test" in scores:
+            result["test_error_percent"] = round(100 * (1 - scores["test"]["accuracy"]), 2)
+        result.update(scores=scores, channels=self.network.get("channels"), cells=self.network.get("cells"),
+                      train_seconds=round(self.elapsed, 1), eval_seconds=round(time.perf_counter() - t0, 1),
+                      epochs=self.config.epochs, steps=self.step, device=str(self.device),
+                      task=self.task.describe(), config=self.config.to_dict(), versions=versions())
+        return result
+
+    # -- checkpoint -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"step": self.step, "elapsed": self.elapsed, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "stream": self.stream.state_dict(),
+                 "task": self.task.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["step"] % self.steps_per_epoch or state["step"] > self.total_steps:
+            raise ValueError(f"step {state['step']} is not an epoch end of this run")
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stream.load_state_dict(state["stream"])
+        self.task.load_state_dict(state.get("task", {}))
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+
+class RetrainFolder(RunFolder):
+    """A run folder for a retraining: config.json, log.jsonl (one line per epoch), checkpoint.pt, result.json."""
+
+    def plot(self) -> None:  # the search's plot reads search records; a retraining's curve is its log.jsonl
+        pass
+
+
+def train(space, arch, task, config: RetrainConfig, device, progress: bool = True, folder: RunFolder | None = None,
+          stop_after: int | None = None) -> dict | None:
+    """Train ``arch`` of ``space`` from scratch on ``task`` and test it; with ``folder``, a checkpoint after every
+    epoch (continued from when the folder was opened with ``resume=True``) and result.json at the end. Returns
+    the result (None when stopped by ``stop_after``)."""
+    from .tasks import as_task
+
+    run = Retraining(space, arch, as_task(task), config, device)
+    if folder is not None:
+        folder.restore(run.load_state_dict)
+    result = run.run(folder, progress, stop_after)
+    if result is not None and folder is not None:
+        folder.write_result(result)
+    return result
+
+
+# --- where the architecture comes from, and the library entry point -------------------------------------
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{folder} holds no finished search (result.json); pass the --out of 'oneshot search'") from None
-    space = create_space(search_config["space"], **search_config.get("space_options", {}))
-    record = retrain(space, space.from_string(result["architecture"]), data, config, device, progress)
-    record["search_seconds"] = result.get("search_seconds")
-    name = f"retrain-{preset_name}.json" if preset_name else "retrain.json"
-    (folder / name).write_text(json.dumps(record, indent=2))
-    return record
+        raise UserError(f"{path.parent} holds no {what} ({path.name}); pass the folder of a finished "
+                        "'oneshot search'") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}); rerun the search, or pass the "
+                        "architecture itself with --space and --arch") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is corrupt (not a JSON object); rerun the search, or pass --space and --arch")
+    return value
+
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    """What a finished search folder says: space, space_options, task, task_options, data, architecture (str),
+    search_seconds. Checked field by field, so a damaged file is one line."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; pass the folder of a finished 'oneshot search'")
+    result = _read_json(folder / "result.json", "finished search")
+    config = _read_json(folder / "config.json", "search settings")
+    checks = (("architecture", result, str, False), ("space", config, str, False), ("space_options", config, dict, True),
+              ("task", config, str, True), ("task_options", config, dict, True), ("data", config, str, True))
+    for key, source, kind, optional in checks:
+        value = source.get(key)
+        if not (isinstance(value, kind) or (optional and value is None)):
+            name = "result.json" if source is result else "config.json"
+            raise UserError(f"{folder / name} is corrupt ({key!r} is {value!r}); rerun the search, or pass the "
+                            "architecture itself with --space and --arch")
+    return {"space": config["space"], "space_options": config.get("space_options") or {},
+            "task": config.get("task"), "task_options": config.get("task_options") or {},
+            "data": config.get("data"), "architecture": result["architecture"],
+            "search_seconds": result.get("search_seconds")}
+
+
+def parse_arch(space, text: str):
+    """``space.from_string(text)``, with any failure one line."""
+    try:
+        return space.check(space.from_string(text))
+    except UserError as e:
+        hint = f" (and {text!r} is no folder)" if os.sep in text else ""
+        raise UserError(f"{e}{hint}") from None
+    except Exception as e:  # a space of your own may raise anything on a malformed string
+        raise UserError(f"{space.name}: cannot read the architecture {text!r} ({type(e).__name__}: {e})") from None
+
+
+def retrain(arch: str | None = None, *, run: str | None = None, space: str | None = None,
+            space_options: dict | None = None, task: str | None = None, task_options: dict | None = None,
+            data: str | None = None, preset: str = "cpu", changes: dict | None = None, out: str | None = None,
+            device: str = "auto", resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Retrain an architecture from scratch into the run folder ``out``, as ``oneshot retrain`` does.
+
+    The architecture is ``run`` (a finished search folder: its space, task and data come along) or ``arch``
+    with ``space`` (an architecture string, a released name such as ``snas_moderate``, or a search folder).
+    Everything (source folder, space, architecture, settings, output folder) is checked before the data is
+    loaded. From a search folder the result is also written to ``RUN/retrain-PRESET.json``."""
+    from . import tasks
+    from .spaces import create_space
+    from .trainer import resolve_device
+
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    if arch is not None and run is not None:
+        raise UserError("give a search folder or --arch, not both")
+    if arch is not None and Path(arch).is_dir():
+        arch, run = None, arch
+    if run is not None:
+        source = read_run(run)
+        if space is not None and space != source["space"]:
+            raise UserError(f"{run} searched space {source['space']}, not {space}; drop --space")
+        space = source["space"]
+        space_options = {**source["space_options"], **(space_options or {})}
+        task, data = task or source["task"], data if data is not None else source["data"]
+        task_options = {**source["task_options"], **(task_options or {})}
+        arch = source["architecture"]
+    elif arch is None:
+        raise UserError("nothing to retrain: pass a search folder, or --space and --arch")
+    elif space is None:
+        raise UserError("--arch needs --space (nb201, enas_micro, darts, rnn, ...)")
+    space_obj = create_space(space, **(space_options or {}))
+    arch_tuple = parse_arch(space_obj, arch)
+    config = retrain_preset(preset, space, **(changes or {})).validated()
+    task = task or ("ptb" if space == "rnn" else "cifar10")
+    task_options = {**(task_options or {}), **config.task_options}
+    if out is None:
+        out = os.path.join(run, f"retrain-{preset}") if run else f"runs/retrain-{space}-{preset}-s{config.seed}"
+    if not resume and not overwrite and RunFolder.holds_run(out):
+        RunFolder.refuse(out)
+    if resume and not (Path(out) / "config.json").is_file():
+        raise UserError(f"nothing to resume in {out} (no retraining was started there); drop --resume")
+    record = {"command": "retrain", "space": space, "space_options": space_options or {},
+              "architecture": space_obj.to_string(arch_tuple), "source": None if run is None else str(run),
+              "task": task, "task_options": task_options, "data": data, "retrain": config.to_dict()}
+    device = resolve_device(device)
+    task_obj = tasks.create(task, data=data, **task_options)  # only now: the data is the slow part
+    with RetrainFolder(out, record, resume=resume, overwrite=overwrite) as folder:
+        result = train(space_obj, arch_tuple, task_obj, config, device, progress, folder)
+    result["out"] = str(out)
+    if run is not None:
+        result["search_seconds"] = source["search_seconds"]
+        result["summary"] = str(Path(run) / f"retrain-{preset}.json")
+        atomic_write(Path(result["summary"]), json.dumps(result, indent=2).encode())
+    return result

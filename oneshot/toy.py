@@ -1,10 +1,12 @@
 """The AdvantageNAS toy experiment (spec advantagenas.md §3): how fast does each estimator find a teacher?
 
-Each trial draws new fixed convs and a random one-hot teacher; every method then runs the same number of
-architecture steps, each exactly as ``trainer.Search.arch_step`` does it (ask, fresh batch, schedule, forward,
-gate gradients if needed, tell), with θ trained by Adam(lr 1e-3, β 0.9/0.999), no weight decay, no clipping.
-Every ``eval_every`` steps the argmax architecture's MSE is measured on a fresh batch. All methods of a trial
-see the same teacher, the same training batches and the same evaluation batches.
+A driver over ``trainer.Search``: trial ``t`` is the toy task ``tasks.toy.ToyTask(trial=t)`` (fixed convs, a
+random one-hot teacher, fresh U[-1,1] batches and fixed evaluation batches, all seeded by the trial), and each
+method is one search run on it: architecture steps only (the network has no weights), θ trained by Adam(lr 1e-3,
+β 0.9/0.999), no weight decay, no clipping, one 2,000-step epoch (so no learning-rate schedule). The run logs its
+argmax architecture every ``eval_every`` steps; that architecture's MSE on the trial's evaluation batch
+``step / eval_every`` is the curve. All methods of a trial see the same teacher, the same training batches and
+the same evaluation batches.
 
 Writes ``toy.json`` (config, curves, summary) and ``toy.png`` (median loss x 100 with a 25-75 % band).
 """
@@ -19,10 +21,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import strategies
-from .spaces.toy import INPUT_SIZE, ToyNetwork, ToySpace
+from .config import SearchConfig
+from .errors import UserError
+from .spaces.toy import ToySpace
+from .tasks.toy import ToyTask
 
 ALL_METHODS = ("advantage", "reinforce", "parsec", "gdas", "proxyless", "snas_relaxed", "darts", "nasp")
 LABELS = {"advantage": "AdvantageNAS", "advantage_wb": "AdvantageNAS/w-b", "reinforce": "REINFORCE",
@@ -36,71 +40,74 @@ OPTIMIZER = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, grad_clip=float(
 THRESHOLD_X100 = 0.01
 
 
-def inputs(generator: torch.Generator, batch_size: int) -> torch.Tensor:
-    return torch.rand(batch_size, 1, INPUT_SIZE, INPUT_SIZE, generator=generator) * 2.0 - 1.0
+def toy_task(trial_seed: int, iterations: int, eval_every: int = 10, batch_size: int = 100) -> ToyTask:
+    """The task of one trial, with one evaluation batch per curve point (step 0 included)."""
+    return ToyTask(trial=trial_seed, eval_batches=iterations // eval_every + 1, eval_batch_size=batch_size,
+                   steps_per_epoch=iterations)
 
 
-class ToyTrial:
-    """One trial: the fixed network, the teacher, and the evaluation batches shared by all methods."""
+def toy_config(method: str, seed: int, iterations: int, eval_every: int = 10, batch_size: int = 100,
+               **changes) -> SearchConfig:
+    """The search settings of one method on one trial: the toy protocol as a ``SearchConfig``."""
+    lr = OPTIMIZER["lr"]
+    theta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in OPTIMIZER.items() if k != "lr"}
+    settings = dict(
+        task="toy", task_options={"trial": seed, "eval_batches": iterations // eval_every + 1,
+                                  "eval_batch_size": batch_size, "steps_per_epoch": iterations},
+        space="toy", space_options={"seed": seed}, strategy=method, strategy_options=theta, a_lr=lr, seed=seed,
+        batch_size=batch_size, epochs=1, warmup_epochs=0, augment=False, device="cpu", log_every=eval_every,
+        checkpoint_every=iterations, preset="toy")
+    return SearchConfig().replace(**{**settings, **changes}).validated()
 
-    def __init__(self, seed: int, iterations: int, eval_every: int = 10, batch_size: int = 100,
-                 space: ToySpace | None = None):
-        self.space = space or ToySpace()
-        generator = torch.Generator().manual_seed(seed)
-        self.network: ToyNetwork = self.space.build_supernet(generator)
-        self.teacher = tuple(int(v) for v in torch.randint(self.space.candidates, (len(self.space),),
-                                                           generator=generator))
-        self.teacher_active = [[k] for k in self.teacher]
-        self.data_seed, self.batch_size = seed + 1_000_003, batch_size
-        # Every evaluation batch, as a table of single-path outputs (batches, B, positions, candidates):
-        # scoring an argmax architecture is then a gather, and the 8 methods share one computation.
-        eval_generator = torch.Generator().manual_seed(seed + 2_000_003)
-        n_evals = iterations // eval_every + 1
-        self.eval_table = torch.stack([self.network.single_path_outputs(inputs(eval_generator, batch_size))
-                                       for _ in range(n_evals)])
-        self.eval_targets = self.outputs(self.teacher)
 
-    def outputs(self, arch: Sequence[int]) -> torch.Tensor:
-        """(evaluation batches, B): the output of a one-hot architecture on every evaluation batch."""
-        positions = torch.arange(len(arch))
-        return self.eval_table[:, :, positions, torch.as_tensor(arch)].mean(-1)
+class MemoryFolder:
+    """Where ``Search.run`` writes, kept in memory: a toy run takes seconds, so nothing goes to disk.
+    ``keep_checkpoints`` keeps the last checkpoint (serialised as a run folder would, for resume tests)."""
 
-    def eval_loss(self, arch: Sequence[int], index: int) -> float:
-        positions = torch.arange(len(arch))
-        y = self.eval_table[index, :, positions, torch.as_tensor(arch)].mean(-1)
-        return float(F.mse_loss(y, self.eval_targets[index]))
+    def __init__(self, keep_checkpoints: bool = False):
+        self.records: list[dict] = []
+        self.result: dict | None = None
+        self.checkpoint: bytes | None = None
+        self.keep_checkpoints = keep_checkpoints
 
-    def run(self, method: str, iterations: int, eval_every: int = 10, seed: int = 0) -> dict:
-        """One method for ``iterations`` arch steps; returns its curve of argmax loss (every ``eval_every``)."""
-        strategy = strategies.create(method, self.space, seed=seed, **OPTIMIZER)
-        network = self.network
-        data = torch.Generator().manual_seed(self.data_seed)
-        curve = []
-        for it in range(iterations + 1):
-            if it % eval_every == 0:
-                curve.append(self.eval_loss(strategy.derive(), it // eval_every))
-            if it == iterations:
-                break
-            # --- one architecture step, as trainer.Search.arch_step does it -----------------------------
-            strategy.set_schedule(1.0, it / iterations)
-            sample = strategy.ask("arch")
-            x = inputs(data, self.batch_size)
-            with torch.no_grad():
-                feats = network.features(x)  # shared by teacher and student: the convs are the same
-                target = network.head_output(feats, None, self.teacher_active)
-            if strategy.needs_gate_grad:
-                gates = sample.gates.detach().clone().requires_grad_()
-                loss = F.mse_loss(network.head_output(feats, gates, sample.active, sample.unit,
-                                                      sample.inactive_grad), target)
-                (gate_grad,) = torch.autograd.grad(loss, gates)
-            else:
-                with torch.no_grad():
-                    loss = F.mse_loss(network.head_output(feats, sample.gates, sample.active), target)
-                gate_grad = None
-            strategy.tell(sample, loss.item(), gate_grad, "arch")
-        final = strategy.derive()
-        return {"curve": curve, "architecture": list(final),
-                "positions_correct": sum(a == b for a, b in zip(final, self.teacher))}
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.keep_checkpoints:
+            import io
+
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self.checkpoint = buffer.getvalue()
+
+    def load_checkpoint(self) -> dict:
+        import io
+
+        return torch.load(io.BytesIO(self.checkpoint), weights_only=True)
+
+    def write_result(self, result: dict) -> None:
+        self.result = result
+
+
+def run_method(task: ToyTask, method: str, iterations: int, eval_every: int = 10, seed: int = 0,
+               batch_size: int = 100) -> dict:
+    """One method on one trial through ``trainer.Search``; returns its curve of argmax loss (step 0 and every
+    ``eval_every`` steps, each on its own evaluation batch), its final architecture and the positions right."""
+    from .trainer import Search
+
+    config = toy_config(method, seed, iterations, eval_every, batch_size)
+    search = Search(config, task, torch.device("cpu"), space=task.space)
+    folder = MemoryFolder()
+    curve = [task.eval_loss(search.strategy.derive(), 0)]
+    search.run(folder, progress=False)
+    for i, record in enumerate(folder.records, start=1):
+        if record["step"] != i * eval_every:
+            raise RuntimeError(f"toy: expected a log record at step {i * eval_every}, got {record['step']}")
+        curve.append(task.eval_loss(task.space.from_string(record["architecture"]), i))
+    final = task.space.from_string(folder.result["architecture"])
+    return {"curve": curve, "architecture": list(final),
+            "positions_correct": sum(a == b for a, b in zip(final, task.teacher))}
 
 
 def first_below(curve: Sequence[float], threshold: float, eval_every: int) -> float:
@@ -131,6 +138,8 @@ def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | N
     methods, missing = resolve_methods(methods)
     if missing:
         print(f"toy: strategies not available yet, skipped: {', '.join(missing)}", file=sys.stderr)
+    if iterations % eval_every:
+        raise UserError(f"toy: iterations ({iterations}) must be a multiple of eval_every ({eval_every})")
     space = ToySpace()
     for m in methods:  # fail on a bad name before any work
         strategies.create(m, space, **OPTIMIZER)
@@ -144,11 +153,11 @@ def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | N
     bar = tqdm(total=trials * len(methods), disable=not progress, desc="toy", unit="run", dynamic_ncols=True)
     try:
         for trial in range(trials):
-            task = ToyTrial(seed * 1000 + trial, iterations, eval_every, batch_size, space)
+            task = toy_task(seed * 1000 + trial, iterations, eval_every, batch_size)
             teachers.append(list(task.teacher))
             for m in methods:
                 t0 = time.perf_counter()
-                out = task.run(m, iterations, eval_every, seed=seed * 1000 + trial)
+                out = run_method(task, m, iterations, eval_every, seed * 1000 + trial, batch_size)
                 seconds[m] += time.perf_counter() - t0
                 curves[m].append([round(v * 100, 6) for v in out["curve"]])
                 details[m].append({"architecture": out["architecture"], "positions_correct": out["positions_correct"]})
@@ -176,7 +185,8 @@ def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | N
         "config": {"trials": trials, "iterations": iterations, "methods": methods, "missing": missing,
                    "seed": seed, "eval_every": eval_every, "batch_size": batch_size,
                    "optimizer": {**OPTIMIZER, "grad_clip": None}, "threshold_x100": THRESHOLD_X100,
-                   "units": "MSE x 100 of the argmax architecture on a fresh batch"},
+                   "units": "MSE x 100 of the argmax architecture on a fresh batch",
+                   "search": "trainer.Search, architecture steps only (settings: oneshot.toy.toy_config)"},
         "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu_start, 2),
         "iterations_axis": list(range(0, iterations + 1, eval_every)),
         "teachers": teachers, "summary": summary, "curves_x100": curves, "final": details,

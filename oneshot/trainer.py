@@ -1,7 +1,9 @@
-"""The one search loop: warm-up, then an architecture step before every weight step.
+"""The one search loop: warm-up, then an architecture step before every weight step (or, for single-level
+strategies, weights and θ from one backward on the same batch).
 
 The trainer reads a strategy's declared pattern (``arch_batch``, ``needs_gate_grad``, ``updates_theta``,
-``derive_by_validation``) and never asks which strategy it runs. A run folder holds ``config.json``,
+``derive_by_validation``) and never asks which strategy it runs; it asks the task for batches and the loss and
+never names a dataset. A run folder holds ``config.json``,
 ``log.jsonl``, ``checkpoint.pt``, ``result.json`` and ``search.png``; ``resume=True`` continues from the
 checkpoint and, on a CPU with the same seed, ends exactly where an uninterrupted run ends.
 """
@@ -9,21 +11,21 @@ checkpoint and, on a CPU with the same seed, ends exactly where an uninterrupted
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import strategies
 from .config import SearchConfig
-from .data import Batches, Cifar10, eval_batches, split_train
 from .distributed import Group
 from .errors import UserError
 from .runs import RunFolder, crash_point
 from .spaces import create_space
+from .tasks import Task, as_task
 
 
 def cosine(progress: float) -> float:
@@ -52,6 +54,30 @@ def batch_statistics(model: torch.nn.Module):
         model.train(was_training)
 
 
+def network_options(config: SearchConfig, task: Task) -> dict:
+    """What the space's ``build_supernet`` is given: the network settings and the task's shapes."""
+    return dict(channels=config.channels, cells_per_stage=config.cells_per_stage, op_style=config.op_style,
+                op_bn_affine=config.op_bn_affine, input_shape=task.input_shape, num_outputs=task.num_outputs,
+                **config.network_options)
+
+
+def versions() -> dict:
+    """Package, git commit (when run from a checkout) and torch versions, for result.json."""
+    import subprocess
+    from pathlib import Path
+
+    from . import __version__
+
+    commit = None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        commit = out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"oneshot": __version__, "commit": commit, "torch": torch.__version__}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,27 +99,35 @@ def check_batch_split(config: SearchConfig, world: int) -> None:
 class Search:
     """Everything one search run holds; ``run()`` trains, ``state_dict()`` is the checkpoint."""
 
-    def __init__(self, config: SearchConfig, data: Cifar10, device: torch.device, group: Group = Group()):
+    def __init__(self, config: SearchConfig, task, device: torch.device, group: Group = Group(),
+                 space=None):
+        """``task``: a ``Task`` (or CIFAR-shaped ``data.Cifar10`` tensors); ``space``: a SearchSpace object to
+        search instead of ``config.space`` by name (a user's own space)."""
         self.config, self.device, self.group = config, device, group
+        self.task: Task = as_task(task)
         check_batch_split(config, group.world)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
-        self.space = create_space(config.space, **config.space_options)
+        self.space = space if space is not None else create_space(config.space, **config.space_options)
         if config.restrict:
             self.space = self.space.restrict(config.restrict)
-        self.model = self.space.build_supernet(channels=config.channels, cells_per_stage=config.cells_per_stage,
-                                               op_style=config.op_style).to(device)
+        try:
+            self.model = self.space.build_supernet(**network_options(config, self.task)).to(device)
+        except TypeError as e:  # an option this space's network does not take
+            raise UserError(f"space {self.space.name!r} cannot build its network with these settings ({e}); "
+                            "check --set network_options=...") from None
         self.strategy = strategies.create(config.strategy, self.space, seed=config.seed, device=device,
                                           **{"lr": config.a_lr, **config.strategy_options})
-        (xw, yw), (xa, ya) = split_train(data, config.n_weight, config.n_arch)
-        self.train_stream = Batches(xw, yw, config.batch_size, device, augment=config.augment, seed=config.seed,
-                                    cutout=config.cutout)
-        self.val_stream = Batches(xa, ya, config.batch_size, device, augment=config.augment, seed=config.seed + 1,
-                                  cutout=config.cutout)
-        self.val_data = (xa, ya)
+        self.train_stream, self.val_stream = self.task.search_streams(
+            config.batch_size, device, config.seed, n_weight=config.n_weight, n_arch=config.n_arch,
+            augment=config.augment, cutout=config.cutout)
+        if self.val_stream is None and (self.strategy.arch_batch == "val" or self.strategy.derive_by_validation):
+            raise UserError(f"strategy {config.strategy!r} needs validation data; set n_arch above 0 (--set n_arch=N)")
+        # A supernet without trainable weights (the AdvantageNAS toy) gets architecture steps only, no optimiser.
+        self.trains_weights = any(p.requires_grad for p in self.model.parameters())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.w_lr, momentum=config.w_momentum,
-                                         nesterov=config.w_nesterov)
+                                         nesterov=config.w_nesterov) if self.trains_weights else None
         self.steps_per_epoch = self.train_stream.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
         self.search_steps = (config.epochs - config.warmup_epochs) * self.steps_per_epoch
@@ -105,76 +139,114 @@ class Search:
         self.cpu_elapsed = 0.0
 
     # -- one iteration --------------------------------------------------------------------------
-    def local_chunks(self, x: torch.Tensor, y: torch.Tensor):
+    def local_chunks(self, batch: tuple) -> tuple[list[tuple], int]:
         """This rank's share of the global batch: chunks ``rank*m .. rank*m + m - 1`` of ``world*m``."""
         m, group = self.config.micro_batches, self.group
-        xs, ys = x.chunk(group.world * m), y.chunk(group.world * m)
-        return list(zip(xs, ys))[group.rank * m:(group.rank + 1) * m], group.world * m
+        chunks = self.task.split(batch, group.world * m)
+        return chunks[group.rank * m:(group.rank + 1) * m], group.world * m
+
+    def forward(self, sample, gates):
+        """The supernet with this sample's gates bound: what ``task.loss`` calls."""
+        return functools.partial(self.model, gates=gates, active=sample.active, unit_gates=sample.unit,
+                                 inactive_grad=sample.inactive_grad)
+
+    def sample_loss(self, sample, gates, chunk, parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(task loss, objective) of ``chunk``, each divided by ``parts``; the objective adds the strategy's own
+        term when the gates carry a gradient (which is how that term reaches dL/dgate)."""
+        loss = self.task.loss(self.forward(sample, gates), chunk) / parts
+        if gates is not None and gates.requires_grad:
+            term = self.strategy.loss_term(sample, gates)
+            if term is not None:
+                return loss, loss + term / parts
+        return loss, loss
+
+    def set_schedule(self) -> None:
+        config = self.config
+        self.strategy.set_schedule(cosine(self.epoch_in_search() / max(1, config.epochs - config.warmup_epochs)),
+                                   self.arch_steps / max(1, self.search_steps))
 
     def arch_step(self) -> float:
-        """``strategy.arch_samples`` architectures (ASNG ranks two), each evaluated on the same batch and told."""
+        """The strategy's samples, each evaluated on the same batch, told together."""
         strategy = self.strategy
-        strategy.set_schedule(cosine(self.epoch_in_search() / max(1, self.config.epochs - self.config.warmup_epochs)),
-                              self.arch_steps / max(1, self.search_steps))
-        x, y = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
-        chunks, total = self.local_chunks(x, y)
-        values = []
-        for _ in range(strategy.arch_samples):
-            sample = strategy.ask("arch")
+        self.set_schedule()
+        batch = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
+        chunks, total = self.local_chunks(batch)
+        samples = strategy.ask("arch")
+        values, gate_grads = [], []
+        for sample in samples:
             loss_sum = torch.zeros((), device=self.device)
             gate_grad = torch.zeros_like(sample.gates) if strategy.needs_gate_grad else None
-            for xc, yc in chunks:
+            for chunk in chunks:
                 if strategy.needs_gate_grad:
                     gates = sample.gates.detach().clone().requires_grad_()
-                    out = self.model(xc, gates, sample.active, sample.unit, sample.inactive_grad)
-                    loss = F.cross_entropy(out, yc) / total
+                    loss, objective = self.sample_loss(sample, gates, chunk, total)
                     # autograd.grad computes only what the gates need: no weight gradients are accumulated
-                    gate_grad += torch.autograd.grad(loss, gates)[0]
+                    gate_grad += torch.autograd.grad(objective, gates)[0]
                 else:
                     with torch.no_grad():
-                        loss = F.cross_entropy(self.model(xc, sample.gates, sample.active), yc) / total
+                        loss, _ = self.sample_loss(sample, sample.gates, chunk, total)
                 loss_sum += loss.detach()
             self.group.sum_([loss_sum] if gate_grad is None else [loss_sum, gate_grad])
-            value = self.checked(loss_sum)
-            strategy.tell(sample, value, gate_grad, "arch")
-            if self.best_sampled is None or value < self.best_sampled[0]:
-                self.best_sampled = (value, sample.arch)
-            values.append(value)
+            values.append(self.checked(loss_sum))
+            gate_grads.append(gate_grad)
+        strategy.tell(samples, values, gate_grads if strategy.needs_gate_grad else None, "arch")
+        self.note_sampled(samples, values)
         self.arch_steps += 1
         return float(np.mean(values))
 
-    def weight_step(self, phase: str) -> float:
-        """One SGD step on the mean loss of ``strategy.weight_samples`` architectures on one batch."""
-        lr = self.config.w_lr * cosine(self.step // self.steps_per_epoch / self.config.epochs)
+    def note_sampled(self, samples, values) -> None:
+        for sample, value in zip(samples, values):
+            if self.best_sampled is None or value < self.best_sampled[0]:
+                self.best_sampled = (value, sample.arch)
+
+    def weight_step(self, phase: str) -> tuple[float, float | None]:
+        """One SGD step on the mean loss of the strategy's samples on one batch. A single-level strategy
+        (``arch_batch == "same"``) in the search phase gets dL/dgate from the same backward and is told as an
+        arch step; returns (weight loss, arch loss or None)."""
+        strategy = self.strategy
+        config = self.config
+        lr = config.w_lr_min + (config.w_lr - config.w_lr_min) * cosine(
+            self.step // self.steps_per_epoch / (config.w_cosine_epochs or config.epochs))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = next(self.train_stream)
-        chunks, total = self.local_chunks(x, y)
-        n = self.strategy.weight_samples
+        single_level = phase == "weight" and strategy.arch_batch == "same" and strategy.updates_theta
+        if single_level:
+            self.set_schedule()
+        batch = next(self.train_stream)
+        chunks, total = self.local_chunks(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        samples, losses = [], []
-        for _ in range(n):
-            sample = self.strategy.ask(phase)
-            # Sparse samples run their active ops unscaled: the same forward value, and nothing needs dL/dgate.
-            gates = None if sample.active is not None else sample.gates.detach()
+        samples = strategy.ask(phase)
+        n = len(samples)
+        losses, gate_grads = [], []
+        for sample in samples:
+            if single_level:
+                gates = sample.gates.detach().clone().requires_grad_()
+            else:
+                # Sparse samples run their active ops unscaled: the same forward value, and no dL/dgate needed.
+                gates = None if sample.active is not None else sample.gates.detach()
             loss_sum = torch.zeros((), device=self.device)
-            for xc, yc in chunks:
-                loss = F.cross_entropy(self.model(xc, gates, sample.active), yc) / (total * n)
-                loss.backward()
+            for chunk in chunks:
+                loss, objective = self.sample_loss(sample, gates, chunk, total * n)
+                objective.backward()
                 loss_sum += loss.detach()
-            samples.append(sample)
             losses.append(loss_sum * n)
+            if single_level:
+                gate_grads.append(gates.grad * n)  # dL/dgate of this sample's own mean loss
         params = [p for p in self.model.parameters() if p.grad is not None]
         grads = [p.grad for p in params]
-        self.group.sum_(losses + grads)
+        self.group.sum_(losses + grads + gate_grads)
         values = [self.checked(loss) for loss in losses]
         with torch.no_grad():
             torch._foreach_add_(grads, params, alpha=self.config.w_weight_decay)
         torch.nn.utils.clip_grad_norm_(params, self.config.w_grad_clip)
         self.optimizer.step()
-        for sample, value in zip(samples, values):
-            self.strategy.tell(sample, value, None, phase)
-        return float(np.mean(values))
+        if single_level:
+            strategy.tell(samples, values, gate_grads, "arch")
+            self.note_sampled(samples, values)
+            self.arch_steps += 1
+            return float(np.mean(values)), float(np.mean(values))
+        strategy.tell(samples, values, None, phase)
+        return float(np.mean(values)), None
 
     def checked(self, loss: torch.Tensor) -> float:
         value = loss.item()
@@ -190,15 +262,25 @@ class Search:
         return self.step >= self.config.warmup_epochs * self.steps_per_epoch
 
     # -- derivation -----------------------------------------------------------------------------
-    def validation_accuracy(self, arch: tuple, batches: int) -> float:
-        x, y = self.val_data
-        x, y = x[:batches * 256], y[:batches * 256]  # only these go to the device, once per candidate
-        correct = total = 0
+    def child_score(self, arch: tuple, split: str = "arch", limit: int | None = None) -> dict:
+        """The task's metric of ``arch`` inside the supernet (one-hot, no retraining), with each batch's own BN
+        statistics."""
+        forward = functools.partial(self.model, gates=None, active=[[k] for k in arch])
         with batch_statistics(self.model):
-            for xb, yb in eval_batches(x, y, 256, self.device):
-                correct += (self.model(xb, None, [[k] for k in arch]).argmax(1) == yb).sum().item()
-                total += len(yb)
-        return correct / max(1, total)
+            return self.task.evaluate(forward, split, self.device, limit=limit)
+
+    def without_retraining(self, arch: tuple) -> dict:
+        """The derived child inside the converged supernet (one op per decision, no retraining) beside the
+        supernet as the strategy trains it (its weight-step gates: softmax for DARTS, a relaxed sample for SNAS),
+        both on the task's test split: SNAS's claim is that the two agree, and that DARTS's child collapses."""
+        (sample,) = self.strategy.ask("weight")[:1]
+        gates = None if sample.active is not None else sample.gates
+        limit = self.config.eval_limit or None
+        with batch_statistics(self.model):
+            supernet = self.task.evaluate(self.forward(sample, gates), "test", self.device, limit=limit)
+        metric = self.task.metric
+        return {"split": "test", "examples": limit or "all", "metric": metric,
+                "child": self.child_score(arch, "test", limit)[metric], "supernet": supernet[metric]}
 
     def derive(self) -> tuple:
         k = self.strategy.derive_by_validation
@@ -206,7 +288,9 @@ class Search:
             return self.strategy.derive()
         generator = torch.Generator().manual_seed(self.config.seed + 12345)
         candidates = list(dict.fromkeys(self.space.sample(generator) for _ in range(k)))
-        scores = [self.validation_accuracy(a, self.config.eval_batches) for a in candidates]
+        sign = 1 if self.task.higher_is_better else -1
+        scores = [sign * self.child_score(a, limit=self.config.eval_batches * 256)[self.task.metric]
+                  for a in candidates]
         return candidates[int(np.argmax(scores))]
 
     # -- checkpoint -----------------------------------------------------------------------------
@@ -216,9 +300,10 @@ class Search:
             "pending_losses": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.pending_losses.items()},
             "cpu_elapsed": self.cpu_elapsed,
             "best_sampled": None if self.best_sampled is None else [self.best_sampled[0], list(self.best_sampled[1])],
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "strategy": self.strategy.state_dict(),
-            "train_stream": self.train_stream.state_dict(), "val_stream": self.val_stream.state_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "strategy": self.strategy.state_dict(), "task": self.task.state_dict(),
+            "train_stream": self.train_stream.state_dict(),
+            "val_stream": None if self.val_stream is None else self.val_stream.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": torch.from_numpy(np.append(np.random.get_state()[1], np.random.get_state()[2]).astype(np.int64)),
             "python_rng": torch.tensor(random.getstate()[1], dtype=torch.int64),
@@ -231,10 +316,13 @@ class Search:
         bs = state["best_sampled"]
         self.best_sampled = None if bs is None else (bs[0], tuple(bs[1]))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.strategy.load_state_dict(state["strategy"])
+        self.task.load_state_dict(state.get("task", {}))
         self.train_stream.load_state_dict(state["train_stream"])
-        self.val_stream.load_state_dict(state["val_stream"])
+        if self.val_stream is not None:
+            self.val_stream.load_state_dict(state["val_stream"])
         torch.set_rng_state(state["torch_rng"])
         keys = state["numpy_rng"].numpy()
         np.random.set_state(("MT19937", keys[:-1].astype(np.uint32), int(keys[-1]), 0, 0.0))
@@ -253,9 +341,15 @@ class Search:
         while self.step < self.total_steps:
             if stop_after is not None and self.step >= stop_after:
                 return None
-            if self.in_search_phase() and self.strategy.updates_theta:
+            searching = self.in_search_phase()
+            if searching and self.strategy.updates_theta and (self.strategy.arch_batch != "same"
+                                                               or not self.trains_weights):
                 losses["arch"].append(self.arch_step())
-            losses["weight"].append(self.weight_step("weight" if self.in_search_phase() else "warmup"))
+            if self.trains_weights:
+                weight_loss, arch_loss = self.weight_step("weight" if searching else "warmup")
+                losses["weight"].append(weight_loss)
+                if arch_loss is not None:
+                    losses["arch"].append(arch_loss)
             self.step += 1
             crash_point("step")
             bar.update()
@@ -263,7 +357,10 @@ class Search:
                 record = self.log_record(losses, self.elapsed + time.perf_counter() - start)
                 folder.log(record)
                 losses = self.pending_losses = {"weight": [], "arch": []}
-                bar.set_postfix(loss=f"{record['weight_loss']:.3f}", acc=record.get("nb201_cifar10", "-"))
+                postfix = {"loss": f"{record.get('weight_loss', record.get('arch_loss', math.nan)):.3f}"}
+                if "nb201_cifar10" in record:  # the table's accuracy of the current argmax cell
+                    postfix["argmax_nb201"] = record["nb201_cifar10"]
+                bar.set_postfix(postfix)
             if self.step % config.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0:
                 self.elapsed += time.perf_counter() - start
                 self.cpu_elapsed += time.process_time() - cpu_start
@@ -276,7 +373,9 @@ class Search:
 
     def log_record(self, losses: dict, seconds: float) -> dict:
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "arch_steps": self.arch_steps,
-                  "seconds": round(seconds, 3), "weight_loss": float(np.mean(losses["weight"]))}
+                  "seconds": round(seconds, 3)}
+        if losses["weight"]:
+            record["weight_loss"] = float(np.mean(losses["weight"]))
         if losses["arch"]:
             record["arch_loss"] = float(np.mean(losses["arch"]))
         if self.strategy.updates_theta:
@@ -289,8 +388,10 @@ class Search:
         return record
 
     def benchmark(self, arch) -> dict:
+        """The tabular benchmark's numbers where they apply (NB201 on CIFAR-10), else {}."""
+        where = self.task.benchmark
         lookup = getattr(self.space, "benchmark", None)
-        return lookup(arch) if lookup else {}
+        return lookup(arch) if lookup and where and where[0] == self.space.name else {}
 
     def finish(self, folder: RunFolder) -> dict:
         t0 = time.perf_counter()
@@ -301,7 +402,7 @@ class Search:
             "architecture": self.space.to_string(arch), "nb201": self.benchmark(arch),
             "search_seconds": round(self.elapsed + derive_seconds, 2),
             "cpu_seconds": round(self.cpu_elapsed, 2), "iterations": self.step, "arch_steps": self.arch_steps,
-            "device": str(self.device),
+            "device": str(self.device), "task": self.task.describe(), "versions": versions(),
         }
         if self.best_sampled is not None:
             pb = self.best_sampled[1]
@@ -309,5 +410,7 @@ class Search:
                                       "nb201": self.benchmark(pb)}
         if self.strategy.updates_theta:
             result["theta"] = self.strategy.theta.detach().cpu().tolist()
+        if self.config.eval_child:
+            result["without_retraining"] = self.without_retraining(arch)
         folder.write_result(result)
         return result

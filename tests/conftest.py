@@ -48,15 +48,15 @@ def tiny_pickles(tmp_path_factory) -> str:
     return str(root)
 
 
-def interrupted_and_resumed(config, data, folder, stop_after: int = 13) -> dict:
+def interrupted_and_resumed(config, data, folder, stop_after: int = 13, space=None) -> dict:
     """Run a search to ``stop_after`` iterations, then resume it from its last checkpoint in a fresh ``Search``
     (as after a kill) and return the final result."""
     from oneshot.runs import RunFolder
     from oneshot.trainer import Search
 
-    first = Search(config, data, torch.device("cpu"))
+    first = Search(config, data, torch.device("cpu"), space=space)
     assert first.run(RunFolder(folder, config.to_dict()), progress=False, stop_after=stop_after) is None
     resumed_folder = RunFolder(folder, config.to_dict(), resume=True)
-    second = Search(config, data, torch.device("cpu"))
+    second = Search(config, data, torch.device("cpu"), space=space)
     second.load_state_dict(resumed_folder.resumed_state)
     return second.run(resumed_folder, progress=False)

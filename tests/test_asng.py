@@ -61,21 +61,28 @@ def test_spec_vector_through_the_strategy_and_tie_skips():
     space = SearchSpace([Categorical(f"e{i}", ("a", "b", "c")) for i in range(4)])
     s = strategies.create("asng", space)
     lay, x, f = spec_vector()
-    s.pairs["arch"] = {"x": x, "z": np.zeros((2, 0)), "asked": 2, "losses": []}
     archs = [(0, 1, 2, 0), (1, 1, 0, 2)]
-    s.tell(s.make_sample(archs[0]), 0.7, None, "arch")
-    assert s.updates == 0  # the first tell of a pair only buffers
-    s.tell(s.make_sample(archs[1]), 0.9, None, "arch")
+
+    def pair(order):
+        """The two samples of one ask, as ``ask`` builds them: x and z travel in ``info``."""
+        samples = [s.make_sample(archs[k]) for k in order]
+        for sample, k in zip(samples, order):
+            sample.info.update(x=x[k], z=np.zeros(0))
+        return samples
+
+    s.tell(pair([0, 1]), [0.7, 0.9], None, "weight")  # weight steps are ignored
+    assert s.updates == s.skips == 0
+    s.tell(pair([0, 1]), [0.7, 0.9], None, "arch")
     assert np.allclose(s.probabilities()[0].numpy(), [.550407, .125, .324593], atol=1e-6)
     assert s.step_size == pytest.approx(0.933698, abs=1e-6) and s.updates == 1
     # a tie (equal losses) leaves θ, s, γ and Δ untouched
     before = {k: np.array(v, copy=True) for k, v in s.state.items()}
-    s.pairs["arch"] = {"x": x[::-1].copy(), "z": np.zeros((2, 0)), "asked": 2, "losses": []}
-    s.tell(s.make_sample(archs[1]), 0.8, None, "arch")
-    s.tell(s.make_sample(archs[0]), 0.8, None, "arch")
+    s.tell(pair([1, 0]), [0.8, 0.8], None, "arch")
     assert s.skips == 1 and s.updates == 1
     for k, v in before.items():
         assert np.array_equal(v, s.state[k]), k
+    with pytest.raises(UserError, match="pair of one ask"):
+        s.tell(pair([0]), [0.7], None, "arch")
     # so does a near tie within the relative 1e-14, but not one just outside it
     new = asng_update(lay, s.state, x, np.zeros((2, 0)), np.array([2.0, 2.0 * (1 + 5e-15)]))
     assert new["skipped"] and np.array_equal(new["Delta"], s.state["Delta"])
@@ -220,13 +227,10 @@ def test_mixed_space_asks_mirrored_pairs_within_bounds_and_improves():
     start = s.derive()
     assert start == (0, 0, 10, 0, 0)  # first argmax, round(m) at the middle of each range
     for _ in range(300):
-        first = s.ask("arch")
-        pair = s.pairs["arch"]
-        assert np.allclose(pair["z"][0] + pair["z"][1], 2 * s.state["m"])  # the two asks are antithetic
-        s.tell(first, mixed_loss(first.arch), None, "arch")
-        second = s.ask("arch")
+        first, second = s.ask("arch")
+        assert np.allclose(first.info["z"] + second.info["z"], 2 * s.state["m"])  # the pair is antithetic
         assert second.gates[2, second.arch[2]] == 1 and second.active[4] == [second.arch[4] + 5]  # value - low
-        s.tell(second, mixed_loss(second.arch), None, "arch")
+        s.tell([first, second], [mixed_loss(first.arch), mixed_loss(second.arch)], None, "arch")
         sigma = np.sqrt(s.state["v"] - s.state["m"] ** 2)
         assert np.all(sigma >= 0.25 - 1e-9) and np.all(sigma <= np.array([10.0, 5.0]) + 1e-9)
     assert s.updates + s.skips == 300
@@ -242,9 +246,8 @@ def test_sng_finds_integer_optima():
         return (arch[0] - 13) ** 2 + (arch[1] + 2) ** 2 + (arch[2] - 4) ** 2
 
     for _ in range(600):
-        for _ in range(2):
-            sample = s.ask("arch")
-            s.tell(sample, loss(sample.arch), None, "arch")
+        samples = s.ask("arch")
+        s.tell(samples, [loss(x.arch) for x in samples], None, "arch")
     assert s.derive() == (13, -2, 4)
 
 
@@ -253,40 +256,34 @@ def test_sng_keeps_its_step():
     s = strategies.create("sng", space, delta_init=0.3)
     assert s.name == "sng"
     for i in range(5):
-        a, b = s.ask("arch"), s.ask("arch")
-        s.tell(a, 1.0 + i, None, "arch")
-        s.tell(b, 2.0, None, "arch")
+        s.tell(s.ask("arch"), [1.0 + i, 2.0], None, "arch")
     assert s.step_size == 0.3 and s.delta == 0.3 and float(s.state["Delta"]) == 1.0
 
 
 def play(s, steps, offset=0):
     for i in range(offset, offset + steps):
-        for k in range(2):
-            sample = s.ask("arch")
-            s.tell(sample, 1.0 + 0.1 * math.sin(3 * i + k) + 0.01 * sum(sample.arch), None, "arch")
-        w = [s.ask("weight"), s.ask("weight")]
-        for sample in w:
-            s.tell(sample, 2.0, None, "weight")
+        samples = s.ask("arch")
+        s.tell(samples, [1.0 + 0.1 * math.sin(3 * i + k) + 0.01 * sum(x.arch) for k, x in enumerate(samples)],
+               None, "arch")
+        s.tell(s.ask("weight"), [2.0, 2.0], None, "weight")
 
 
 @pytest.mark.parametrize("space", [create_space("nb201"), mixed_space()], ids=["nb201", "mixed"])
 def test_state_dict_round_trip_gives_the_same_next_updates(space):
     a = strategies.create("asng", space, seed=4)
     play(a, 6)
-    a.tell(a.ask("arch"), 1.3, None, "arch")  # stop halfway through an arch step: a pending pair
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
     b = strategies.create("asng", space, seed=99)
     b.load_state_dict(torch.load(buffer, weights_only=True))
     for s in (a, b):
-        s.tell(s.ask("arch"), 1.1, None, "arch")
-        play(s, 5)
+        play(s, 5, offset=6)
     assert a.updates == b.updates > 0
     assert torch.equal(a.probabilities(), b.probabilities())
     for k in a.state:
         assert np.array_equal(a.state[k], b.state[k]), k
-    assert a.ask("arch").arch == b.ask("arch").arch
+    assert [x.arch for x in a.ask("arch")] == [x.arch for x in b.ask("arch")]
 
 
 def tiny_config(strategy, **changes):

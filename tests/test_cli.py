@@ -47,7 +47,7 @@ SEARCH_ERRORS = [
     (["--preset", "huge"], "unknown preset 'huge'; choose from"),
     (["--set", "epochz=3"], "unknown setting(s) ['epochz']"),
     (["--set", "epochs"], "must look like name=value"),
-    (["--hp", "temperature=2"], "bad hyper-parameter"),
+    (["--hp", "temperature=2"], "has no hyper-parameter 'temperature'"),
     (["--space-option", "ops=7"], "ops must be 4"),
     (["--device", "cuda:0"], "no CUDA GPU"),
     (["--data", "/nonexistent/cifar"], "does not exist"),
@@ -99,7 +99,7 @@ def test_existing_run_folder_is_not_overwritten(capsys, tmp_path, cifar_path):
 
 def test_empty_data_folder(capsys, tmp_path):
     code, _, err = run(capsys, "search", "--preset", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "r"))
-    assert code == 2 and "no CIFAR-10 found" in one_error_line(err)
+    assert code == 2 and "no image data found" in one_error_line(err)
     assert not (tmp_path / "r").exists()  # bad data must not leave a half-made run folder
 
 

@@ -163,7 +163,7 @@ def test_real_cifar10_tarball_and_cache(real_cache):
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "nope", "does not exist"),
-    (lambda p: p, "no CIFAR-10 found"),
+    (lambda p: p, "no image data found"),
     (lambda p: (p / "train" / "cat").mkdir(parents=True) or (p / "test" / "cat").mkdir(parents=True) or p, "no images"),
     (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "not a .tar.gz"),
 ])
@@ -188,9 +188,11 @@ def test_corrupt_and_wrong_size_images(tmp_path):
     bad.write_bytes(bad.read_bytes()[:60])
     with pytest.raises(UserError, match=r"cannot decode image .*train/cat/01\.png"):
         load_cifar10(tmp_path, cache_dir=tmp_path / "c1")
-    Image.new("RGB", (28, 28)).save(bad)
-    with pytest.raises(UserError, match=r"01\.png is 28x28, not 32x32"):
+    Image.new("RGB", (28, 28)).save(bad)  # one image of another size: refused, with the option that fixes it
+    with pytest.raises(UserError, match=r"not all of one square size \(28x28, 32x32\); resize them with --task-option size"):
         load_cifar10(tmp_path, cache_dir=tmp_path / "c2")
+    resized = load_cifar10(tmp_path, cache_dir=tmp_path / "c3", size=32)
+    assert resized.train_x.shape[1:] == (3, 32, 32)
 
 
 def test_corrupt_pickle_and_tarball(tmp_path):

@@ -1,5 +1,7 @@
-"""Inpainting space and task (ASNG-NAS, spec asng.md §3): masks, metrics, weight sharing, a tiny search."""
+"""Inpainting space and task (ASNG-NAS, spec asng.md §3): masks, metrics, weight sharing, a tiny search through
+the engine (``trainer.Search``) and its resume."""
 
+import json
 import math
 
 import numpy as np
@@ -7,13 +9,27 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from oneshot import strategies
 from oneshot.errors import UserError
-from oneshot.inpainting import baseline, make_mask, psnr, search_inpainting, ssim, train_and_evaluate
+from oneshot.inpainting import baseline, evaluate, search_config, search_inpainting, train_and_evaluate
+from oneshot.spaces.base import Integer
 from oneshot.spaces.inpainting import InpaintingSpace
+from oneshot.tasks.inpainting import InpaintingTask, make_mask, psnr, ssim
+
+from conftest import interrupted_and_resumed
 
 
 def small(encoding="int", layers=2):
     return InpaintingSpace(encoding, layers=layers, channel_scale=1 / 8)   # channels 8..32
+
+
+def active(space, arch):
+    """The supernet's ``active`` for an architecture: one index per decision, ``value - low`` for integers."""
+    return [[v - d.low if isinstance(d, Integer) else v] for v, d in zip(arch, space.decisions)]
+
+
+def images(n=64, size=16, seed=0):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def one_layer(ch=8, kidx=2, skip=0):
@@ -124,12 +140,37 @@ def test_active_path_follows_inputs_back_from_out():
 @pytest.mark.parametrize("encoding", ["int", "cat"])
 def test_supernet_forward_shape_for_sampled_architectures(encoding):
     s = InpaintingSpace(encoding, layers=4, channel_scale=1 / 16)
-    net, g = s.build_supernet(), torch.Generator().manual_seed(0)
+    net, g = s.build_supernet(input_shape=(3, 16, 16), num_outputs=3, channels=16), torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 16, 16)
     for _ in range(4):
         a = s.sample(g)
-        assert net(x, a).shape == (2, 3, 16, 16)
-        assert s.build_network(a)(x).shape == (2, 3, 16, 16)
+        assert net(x, active=active(s, a)).shape == (2, 3, 16, 16)
+        assert s.build_child(a)(x).shape == (2, 3, 16, 16)
+    with pytest.raises(UserError, match="outputs its 3 input channels"):
+        s.build_supernet(input_shape=(3, 16, 16), num_outputs=10)
+
+
+def test_supernet_reads_asng_samples_and_runs_their_values():
+    s = small()
+    net, strategy = s.build_supernet(), strategies.create("asng", s, seed=1)
+    x = torch.rand(2, 3, 8, 8)
+    for sample in strategy.ask("arch") + strategy.ask("weight"):
+        assert s.from_indices(sample.active) == sample.arch                  # index + low -> the integer value
+        child = s.build_child(sample.arch)
+        with torch.no_grad():                                                # the child's weights = the slices
+            for n in child.enc_w:
+                c_out, c_in, k, _ = child.enc_w[n].shape
+                off = (5 - k) // 2
+                child.enc_w[n].copy_(net.enc_w[n][:c_out, :c_in, off:off + k, off:off + k])
+                child.enc_b[n].copy_(net.enc_b[n][:c_out])
+                child.dec_w[n].copy_(net.dec_w[n][:c_out, :c_in, off:off + k, off:off + k])
+                child.dec_b[n].copy_(net.dec_b[n][:c_in])
+        assert torch.allclose(net(x, sample.gates, sample.active, unit_gates=True), child(x), atol=1e-6)
+        assert torch.equal(net(x, None, sample.active), net(x, sample.gates, sample.active, unit_gates=True))
+    with pytest.raises(UserError, match="loss-ranking"):
+        net(x, sample.gates.clone().requires_grad_(), sample.active)
+    with pytest.raises(UserError, match="one architecture at a time"):
+        net(x, None, [[0, 1]] + sample.active[1:])
 
 
 def test_architectures_share_the_first_channels_and_the_central_kernel():
@@ -138,8 +179,8 @@ def test_architectures_share_the_first_channels_and_the_central_kernel():
     narrow, wide, k1, k5 = one_layer(ch=8), one_layer(ch=16), one_layer(ch=16, kidx=1), one_layer(ch=8, kidx=3)
     x = torch.rand(1, 3, 8, 8)
     archs = (narrow, wide, k1, k5)
-    before = {a: net(x, a).detach().clone() for a in archs}
-    changed = lambda: [not torch.equal(net(x, a), before[a]) for a in archs]  # noqa: E731
+    before = {a: net(x, active=active(s, a)).detach().clone() for a in archs}
+    changed = lambda: [not torch.equal(net(x, active=active(s, a)), before[a]) for a in archs]  # noqa: E731
     w = net.enc_w["1"]
     assert w.shape == (32, 3, 5, 5)
     original = w.detach().clone()
@@ -156,7 +197,7 @@ def test_architectures_share_the_first_channels_and_the_central_kernel():
 
 def test_standalone_network_has_exact_sizes_and_skip_adds_the_input():
     s = small()
-    net = s.build_network(one_layer(ch=8, kidx=3, skip=1))
+    net = s.build_child(one_layer(ch=8, kidx=3, skip=1))
     assert net.enc_w["1"].shape == (8, 3, 5, 5) and net.dec_w["1"].shape == (8, 3, 5, 5)
     assert set(net.enc_w) == {"1"}
     with torch.no_grad():
@@ -167,16 +208,88 @@ def test_standalone_network_has_exact_sizes_and_skip_adds_the_input():
 
 
 # --- search and retraining --------------------------------------------------------------------------------
+# --- the task -----------------------------------------------------------------------------------------------
+def test_task_streams_split_the_images_and_mask_each_batch():
+    x = images(40)
+    task = InpaintingTask(x, x[:8], "center")
+    assert task.input_shape == (3, 16, 16) and task.num_outputs == 3 and task.metric == "psnr"
+    weights, arch = task.search_streams(4, "cpu", seed=3)
+    w_half, a_half = task.halves(3)
+    assert len(w_half) == len(a_half) == 20 and set(w_half.tolist()).isdisjoint(a_half.tolist())
+    masked, clean = next(weights)
+    assert masked.shape == clean.shape == (4, 3, 16, 16) and clean.max() <= 1
+    assert (masked[:, :, 4:12, 4:12] == 0).all() and torch.equal(masked[:, :, :4], clean[:, :, :4])
+    pool = {bytes(img.numpy()) for img in x[w_half]}
+    assert all(bytes((img * 255).round().to(torch.uint8).numpy()) in pool for img in clean)  # weight half only
+    # the loss is the MSE against the clean image; identity on a center mask loses exactly the hidden pixels
+    assert task.loss(lambda m: m, (masked, clean)).item() == pytest.approx(
+        (clean[:, :, 4:12, 4:12] ** 2).sum().item() / clean.numel(), rel=1e-6)
+    # the test split: the same masked images every time; PSNR/SSIM of a perfect network
+    first, again = list(task.eval_batches("test", 3, "cpu")), list(task.eval_batches("test", 3, "cpu"))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again)) and sum(len(b[0]) for b in first) == 8
+    perfect = iter([b[1] for b in first])
+    result = task.evaluate(lambda m: next(perfect), "test", "cpu", batch_size=3)
+    assert math.isinf(result["psnr"]) and result["ssim"] == pytest.approx(1.0)
+    with pytest.raises(UserError, match="center"):
+        InpaintingTask(x, x, "box")
+
+
+def test_task_metric_is_the_retraining_evaluation():
+    s, x = small(layers=2), images(32)
+    net = s.build_child(s.baseline())
+    task = InpaintingTask(x, x[:16], "pixel", eval_seed=4)
+    assert task.evaluate(net, "test", "cpu") == evaluate(net, x[:16], "pixel", seed=3)
+
+
+# --- search and retraining --------------------------------------------------------------------------------
 @pytest.mark.parametrize("encoding", ["int", "cat"])
-def test_tiny_search_returns_a_valid_architecture(encoding):
+def test_tiny_search_through_the_engine_returns_a_valid_architecture(encoding):
     s = InpaintingSpace(encoding, layers=3, channel_scale=1 / 16)
-    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    out = search_inpainting(s, x, "pixel", iterations=20, batch=8, seed=0)
-    assert s.check(out.arch) == out.arch and len(out.weight_losses) == len(out.arch_losses) == 20
-    assert all(math.isfinite(v) for v in out.weight_losses)
+    task = InpaintingTask(images(), images()[:8], "pixel")
+    out = search_inpainting(s, task, iterations=20, batch=8, seed=0)
+    assert s.check(out["arch"]) == out["arch"] and out["result"]["arch_steps"] == 20
+    record = out["log"][-1]
+    assert record["step"] == 20 and math.isfinite(record["weight_loss"]) and math.isfinite(record["arch_loss"])
+    assert 0.02 < record["weight_loss"] < 0.5                     # MSE of [0, 1] images, not a cross-entropy
+    assert out["config"]["w_lr"] == 0.025 and out["config"]["w_grad_clip"] == 5.0 and out["config"]["epochs"] == 20
     if encoding == "int":
         lo, hi = s.channel_range
-        assert all(lo <= out.arch[4 * i + 3] <= hi for i in range(3))
+        assert all(lo <= out["arch"][4 * i + 3] <= hi for i in range(3))
+    with pytest.raises(UserError, match="loss-ranking"):
+        search_inpainting(InpaintingSpace("cat", layers=3, channel_scale=1 / 16), task, strategy="gdas")
+
+
+def test_search_weight_steps_follow_the_protocol():
+    """SGD 0.025 with momentum 0.9, cosine per iteration, the pair's mean loss, clipping at 5."""
+    from oneshot.trainer import Search
+
+    s = small(layers=2)
+    task = InpaintingTask(images(), images()[:8], "center")
+    run = Search(search_config(s, iterations=8, batch=4), task, torch.device("cpu"), space=s)
+    lrs = []
+    for _ in range(8):
+        run.weight_step("weight")
+        lrs.append(run.optimizer.param_groups[0]["lr"])
+        run.step += 1
+    assert lrs == pytest.approx([0.025 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)])
+    group = run.optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, False, 0)
+
+
+def test_inpainting_search_resumes_through_the_engine(tmp_path):
+    from oneshot.runs import RunFolder
+    from oneshot.trainer import Search
+
+    s = small(layers=2)
+    task = InpaintingTask(images(), images()[:8], "center")
+    config = search_config(s, iterations=12, batch=4, log_every=4)
+    full = Search(config, task, torch.device("cpu"), space=s).run(RunFolder(tmp_path / "full", config.to_dict()),
+                                                                   progress=False)
+    resumed = interrupted_and_resumed(config, task, tmp_path / "resumed", stop_after=7, space=s)
+    assert resumed["architecture"] == full["architecture"] and resumed["theta"] == full["theta"]
+    log = lambda d: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                     for line in (d / "log.jsonl").read_text().splitlines()]
+    assert len(log(tmp_path / "full")) == 3 and log(tmp_path / "resumed") == log(tmp_path / "full")
 
 
 def test_retraining_lowers_the_error_and_baseline_runs():

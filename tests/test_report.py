@@ -7,10 +7,11 @@ from oneshot.errors import UserError
 from oneshot.report import curve, load_run, median_curve, report
 
 
-def write_run(folder, strategy, seed, am, rank, seconds, cpu, pb=None, options=None, records=(), iterations=10):
+def write_run(folder, strategy, seed, am, rank, seconds, cpu, pb=None, options=None, records=(), iterations=10,
+              epochs=2):
     folder.mkdir()
     config = {"space": "nb201", "space_options": {}, "strategy": strategy, "strategy_options": options or {},
-              "seed": seed, "epochs": 2, "log_every": 5}
+              "seed": seed, "epochs": epochs, "log_every": 5}
     result = {"space": "nb201", "strategy": strategy, "seed": seed, "architecture": "x",
               "nb201": {"cifar10": am, "cifar10_rank": rank}, "search_seconds": seconds, "cpu_seconds": cpu,
               "iterations": iterations, "arch_steps": 5, "device": "cpu"}
@@ -47,7 +48,8 @@ def test_table_values(runs, tmp_path):
     assert rows["reinforce"] == "| reinforce | 1 | 88.50 | – | – | 9000 | 8.0 | 4.0 |"
     assert "AM at advantage's time" in text.splitlines()[0]
     out = tmp_path / "out"
-    assert (out / "report.md").read_text() == text
+    assert (out / "report.md").read_text().startswith(text)
+    assert "AM: NB201 CIFAR-10 test accuracy" in (out / "report.md").read_text()  # the columns are explained
     assert (out / "curves.png").stat().st_size > 1000
     saved = json.loads((out / "report.json").read_text())
     assert saved["advantage"]["am_cifar10"]["std"] == pytest.approx(math.sqrt(0.5))
@@ -76,3 +78,16 @@ def test_unfinished_run_is_a_user_error(tmp_path):
     (tmp_path / "half" / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(UserError, match="--resume"):
         report([str(tmp_path / "half")])
+
+
+def test_runs_with_other_settings_are_not_pooled_and_duplicate_seeds_are_refused(tmp_path):
+    short = write_run(tmp_path / "short", "advantage", 0, 92.0, 100, 10.0, 5.0, epochs=2)
+    long = write_run(tmp_path / "long", "advantage", 0, 94.0, 10, 100.0, 50.0, epochs=20)
+    text = report([short, long])
+    rows = [line for line in text.splitlines()[2:]]
+    assert len(rows) == 2  # a 2-epoch and a 20-epoch run are two experiments, not "2 seeds"
+    assert any(r.startswith("| advantage [epochs=2] | 1 | 92.00 |") for r in rows)
+    assert any(r.startswith("| advantage [epochs=20] | 1 | 94.00 |") for r in rows)
+    again = write_run(tmp_path / "again", "advantage", 0, 93.0, 50, 10.0, 5.0, epochs=2)
+    with pytest.raises(UserError, match="same experiment with the same seed 0"):
+        report([short, again])

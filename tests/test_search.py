@@ -40,14 +40,14 @@ def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_pa
 
 
 def test_arch_steps_follow_the_protocol(tmp_path, synthetic_cifar):
-    config = tiny_config()
+    config = tiny_config(strategy_options={"weight_decay": 0.0})  # θ moves by the estimator alone
     search = Search(config, synthetic_cifar, torch.device("cpu"))
     result = search.run(RunFolder(tmp_path, config.to_dict()), progress=False)
     steps_per_epoch = 256 // 32
     assert result["iterations"] == 3 * steps_per_epoch
     assert result["arch_steps"] == 2 * steps_per_epoch  # one before each weight step after 1 warm-up epoch
     theta = torch.tensor(result["theta"])
-    assert not torch.allclose(theta, torch.ones(6, 4), atol=1e-5)  # θ learned something
+    assert (theta - 1).abs().max() > 1e-3  # the estimator moved θ (with weight decay 0, nothing else can)
 
 
 def test_smoke_search_on_real_cifar(tmp_path, cifar_path, capsys):

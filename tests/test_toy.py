@@ -4,8 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from oneshot.errors import UserError
+
+from oneshot import strategies
 from oneshot.spaces.toy import ToyNetwork, ToySpace
-from oneshot.toy import ToyTrial, first_below, run_toy
+from oneshot.tasks.toy import ARCH_DATA, ToyTask, toy_inputs
+from oneshot.toy import OPTIMIZER, MemoryFolder, first_below, run_method, run_toy, toy_config, toy_task
+from oneshot.trainer import Search
 
 
 def by_hand(net: ToyNetwork, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -35,6 +40,18 @@ def test_space():
     assert list(space.build_supernet().parameters()) == []  # buffers only: nothing for an optimiser
 
 
+def test_the_seed_fixes_the_network_and_then_the_teacher():
+    space = ToySpace(seed=4)
+    a, b = space.build_supernet(), space.build_supernet(input_shape=(1, 13, 13), num_outputs=1, channels=16)
+    assert torch.equal(a.conv, b.conv) and torch.equal(a.head, b.head)            # the same network every time
+    assert not torch.equal(a.conv, ToySpace(seed=5).build_supernet().conv)
+    g = torch.Generator().manual_seed(4)                                          # convs first, then the teacher
+    ToyNetwork(10, 10, g)
+    assert space.teacher() == tuple(torch.randint(10, (10,), generator=g).tolist())
+    with pytest.raises(UserError, match="toy task"):
+        space.build_supernet(input_shape=(3, 32, 32))
+
+
 def test_one_hot_and_dense_outputs_match_the_loop(small):
     net, x = small
     arch = [2, 0, 3]
@@ -44,6 +61,8 @@ def test_one_hot_and_dense_outputs_match_the_loop(small):
     assert net(x, one_hot, [[k] for k in arch], unit_gates=True).shape == (5,)
     assert torch.allclose(net(x, one_hot, [[k] for k in arch], unit_gates=True), expected, atol=1e-6)
     assert torch.allclose(net(x, None, [[k] for k in arch]), expected, atol=1e-6)  # unscaled child
+    assert torch.allclose(net.one_hot_output(x, arch), expected, atol=1e-6)          # the teacher's fast path
+    assert torch.equal(net.one_hot_output(x, arch), net(x, None, [[k] for k in arch]))
     table = net.single_path_outputs(x)                                              # the evaluation table
     assert torch.allclose(table[:, [0, 1, 2], arch].mean(-1), expected, atol=1e-6)
     soft = torch.softmax(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)), -1)
@@ -54,17 +73,27 @@ def test_one_hot_and_dense_outputs_match_the_loop(small):
     assert torch.allclose(net(x, soft, [[0, 2], [0, 1, 2, 3], [0, 1, 2, 3]]), by_hand(net, x, masked), atol=1e-6)
 
 
-def test_teacher_has_zero_loss_against_itself():
-    trial = ToyTrial(seed=5, iterations=20, eval_every=10)
-    assert all(trial.eval_loss(trial.teacher, i) == 0.0 for i in range(3))
-    wrong = list(trial.teacher)
+def test_teacher_has_zero_loss_and_both_scorings_agree():
+    task = ToyTask(trial=5, eval_batches=3, eval_batch_size=50)
+    assert all(task.eval_loss(task.teacher, i) == 0.0 for i in range(3))
+    wrong = list(task.teacher)
     wrong[0] = (wrong[0] + 1) % 10
-    assert trial.eval_loss(wrong, 0) > 1e-4
-    x = torch.rand(7, 1, 13, 13) * 2 - 1
-    teacher = trial.network(x, None, trial.teacher_active)
+    assert task.eval_loss(wrong, 0) > 1e-4
+    child = task.space.build_child(task.teacher)
+    assert task.evaluate(child, "test", "cpu") == {"mse": 0.0}
+    # the metric (a forward per batch) is the mean of the per-batch table scores the curves use
+    mse = task.evaluate(task.space.build_child(wrong), "arch", "cpu")["mse"]
+    assert mse == pytest.approx(sum(task.eval_loss(wrong, i) for i in range(3)) / 3, rel=1e-5)
+    # training batches: x ~ U[-1, 1] from the trial's own generator, target = the teacher's output
+    weights, arch = task.search_streams(100, "cpu", seed=123)
+    x, y = next(arch)
+    assert torch.equal(x, toy_inputs(torch.Generator().manual_seed(5 + ARCH_DATA), 100))
+    assert x.min() >= -1 and x.max() < 1 and x.abs().max() > 0.95
+    assert torch.equal(y, child(x)) and not torch.equal(next(weights)[0], x)
     gates = torch.zeros(10, 10)
-    gates[torch.arange(10), list(trial.teacher)] = 1.0
-    assert F.mse_loss(trial.network(x, gates, trial.teacher_active, unit_gates=True), teacher) == 0.0
+    gates[torch.arange(10), list(task.teacher)] = 1.0
+    student = task.space.build_supernet()
+    assert task.loss(lambda x: student(x, gates, [[k] for k in task.teacher], unit_gates=True), (x, y)) == 0.0
 
 
 def test_gate_gradient_is_inner_product_with_the_channel(small):
@@ -111,3 +140,50 @@ def test_short_advantage_run_learns(tmp_path):
     saved = json.loads((tmp_path / "toy.json").read_text())
     assert saved["summary"]["advantage"]["final_median_x100"] == pytest.approx(adv[-1])
     assert (tmp_path / "toy.png").stat().st_size > 1000
+
+
+def original_loop(task: ToyTask, method: str, iterations: int, seed: int) -> list[float]:
+    """The toy's hand-written loop before it moved onto the engine (one arch step per iteration, evaluated
+    every 10): the engine must reproduce its curve to the last bit."""
+    strategy = strategies.create(method, task.space, seed=seed, **OPTIMIZER)
+    network, data, curve = task.space.build_supernet(), torch.Generator().manual_seed(task.trial + ARCH_DATA), []
+    for it in range(iterations + 1):
+        if it % 10 == 0:
+            curve.append(task.eval_loss(strategy.derive(), it // 10))
+        if it == iterations:
+            return curve
+        strategy.set_schedule(1.0, it / iterations)
+        (sample,) = strategy.ask("arch")
+        x = toy_inputs(data, 100)
+        target = network(x, None, [[k] for k in task.teacher])
+        gates = sample.gates.detach().clone().requires_grad_(strategy.needs_gate_grad)
+        loss = F.mse_loss(network(x, gates, sample.active, sample.unit, sample.inactive_grad), target)
+        grad = torch.autograd.grad(loss, gates)[0] if strategy.needs_gate_grad else None
+        strategy.tell([sample], [loss.item()], [grad], "arch")
+
+
+@pytest.mark.parametrize("method", ["advantage", "reinforce", "gdas", "darts"])
+def test_the_engine_reproduces_the_original_loop(method):
+    task = toy_task(7, iterations=60)
+    assert run_method(task, method, 60, seed=7)["curve"] == original_loop(task, method, 60, seed=7)
+
+
+def test_toy_search_runs_through_the_trainer_and_resumes():
+    task = toy_task(2, iterations=60)
+    config = toy_config("advantage", 2, iterations=60, checkpoint_every=20)
+    full = Search(config, task, torch.device("cpu"), space=task.space)
+    assert full.optimizer is None and not full.trains_weights       # no weights: no optimiser, no weight steps
+    whole = MemoryFolder()
+    full.run(whole, progress=False)
+    assert [r["step"] for r in whole.records] == list(range(10, 61, 10))
+    assert all("weight_loss" not in r and r["arch_steps"] == r["step"] for r in whole.records)
+    assert whole.result["iterations"] == whole.result["arch_steps"] == 60
+
+    first, folder = Search(config, task, torch.device("cpu"), space=task.space), MemoryFolder(keep_checkpoints=True)
+    assert first.run(folder, progress=False, stop_after=40) is None  # as if killed after the checkpoint at 40
+    second = Search(config, task, torch.device("cpu"), space=task.space)
+    second.load_state_dict(folder.load_checkpoint())
+    second.run(folder, progress=False)
+    assert folder.result["theta"] == whole.result["theta"]
+    assert folder.result["architecture"] == whole.result["architecture"]
+    assert [r["architecture"] for r in folder.records] == [r["architecture"] for r in whole.records]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .nb201 import task_shapes
 from .base import Architecture, Categorical, SearchSpace
 
 OPS = ("identity", "avg_pool_3x3", "max_pool_3x3", "sep_conv_3x3", "sep_conv_5x5")
@@ -110,7 +111,9 @@ class EnasMicroSpace(SearchSpace):
     def build_supernet(self, channels: int = 16, cells: int | None = None, num_classes: int = 10,
                        **ignored) -> "EnasSupernet":
         """``ignored`` swallows NB201-only options (cells_per_stage, op_style) the trainer may pass."""
-        return EnasSupernet(channels, self.cells if cells is None else cells, num_classes)
+        shapes = task_shapes(ignored)
+        return EnasSupernet(channels, self.cells if cells is None else cells, shapes.get("num_classes", num_classes),
+                            shapes.get("in_channels", 3))
 
     def build_child(self, arch: Sequence[int], channels: int = 36, cells: int = 20, num_classes: int = 10,
                     auxiliary: bool = True, drop_path: float = 0.0) -> "EnasChild":
@@ -246,13 +249,14 @@ def unused_nodes(nodes: Sequence[tuple[int, int, int, int]]) -> list[int]:
 class _Network(nn.Module):
     """Stem conv3x3 (3 -> 3C) + BN, ``cells`` cells with two reductions, GAP, linear."""
 
-    def __init__(self, cell_nodes, out_widths, channels: int, cells: int, num_classes: int, affine: bool):
+    def __init__(self, cell_nodes, out_widths, channels: int, cells: int, num_classes: int, affine: bool,
+                 in_channels: int = 3):
         super().__init__()
         if cells < 3:
             raise UserError(f"enas_micro: a network needs at least 3 cells (two of them reductions), got {cells}")
         self.config = dict(channels=channels, cells=cells, num_classes=num_classes)
         self.reductions = reduction_cells(cells)
-        self.stem = nn.Sequential(nn.Conv2d(3, 3 * channels, 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 3 * channels, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(3 * channels, affine=affine))
         c_pp = c_p = 3 * channels
         c, reduction_prev = channels, False
@@ -284,10 +288,10 @@ class EnasSupernet(_Network):
     """The search supernet: every (node, slot, input, op) has weights; BN affine=False; no aux head (its output
     is unused in the official search) and no drop-path."""
 
-    def __init__(self, channels: int = 16, cells: int = 8, num_classes: int = 10):
+    def __init__(self, channels: int = 16, cells: int = 8, num_classes: int = 10, in_channels: int = 3):
         every = [(range(i + 2), range(i + 2), range(len(OPS)), range(len(OPS))) for i in range(NODES)]
         super().__init__({k: every for k in CELL_TYPES}, {k: NODES for k in CELL_TYPES}, channels, cells,
-                         num_classes, affine=False)
+                         num_classes, affine=False, in_channels=in_channels)
         # decision rows of (in1, in2, op1, op2) of each node, to index ``gates``
         self.rows = {cell: [tuple(c * 20 + 4 * i + f for f in range(4)) for i in range(NODES)]
                      for c, cell in enumerate(CELL_TYPES)}

@@ -23,8 +23,14 @@ Simplifications vs E-CAE / the official code (documented, on purpose):
 
 Weight sharing (``build_supernet``): each encoder/decoder layer owns one max-size weight (256·s channels
 on both sides, 5×5) and bias; an architecture uses the top-left [:c_out, :c_in] slice and the central k×k
-crop. So every architecture shares every weight it uses with every other one. ``build_network(arch)`` makes
+crop. So every architecture shares every weight it uses with every other one. ``build_child(arch)`` makes
 a stand-alone network of exact sizes (only the active layers), with the same forward code.
+
+The supernet has the standard gated forward ``forward(x, gates=None, active=None, ...)`` of a single-path
+space: ``active`` holds one choice index per decision, the index ``value - low`` for an ``Integer`` decision
+(as ``Strategy.one_hot_sample`` writes it), and the network maps it back to the value. Channel counts and
+kernels are slices of shared weights, not ops mixed by a gate, so a gate can only be one-hot (value 1, ignored)
+and no gate gradient exists: search this space with loss-ranking strategies (asng, sng, random).
 """
 
 from __future__ import annotations
@@ -139,40 +145,54 @@ class InpaintingSpace(SearchSpace):
         arch.append(self.decisions[-1].size - 1)                 # out = node L
         return self.check(arch)
 
-    def build_supernet(self) -> "CAENetwork":
-        c = self.max_channels
-        enc = {i: (c, c if i > 1 else IMAGE_CHANNELS, 5) for i in range(1, self.layers + 1)}
-        return CAENetwork(self, enc)
+    def from_indices(self, active: Sequence[Sequence[int]]) -> Architecture:
+        """The architecture of a single-path ``active`` (one index per decision; ``Integer``: value - low)."""
+        if len(active) != len(self.decisions) or any(len(a) != 1 for a in active):
+            raise UserError("inpainting: the supernet runs one architecture at a time; pass active = one index per "
+                            "decision (Strategy.one_hot_sample); dense or multi-op mixtures are not supported")
+        return tuple(int(a[0]) + (d.low if isinstance(d, Integer) else 0) for a, d in zip(active, self.decisions))
 
-    def build_network(self, arch: Sequence[int]) -> "CAENetwork":
+    def image_channels(self, input_shape, num_outputs) -> int:
+        channels = IMAGE_CHANNELS if input_shape is None else int(input_shape[0])
+        if input_shape is not None and len(input_shape) != 3:
+            raise UserError(f"inpainting: the autoencoder reads C x H x W images, the task gives {tuple(input_shape)}")
+        if num_outputs is not None and num_outputs != channels:
+            raise UserError(f"inpainting: the autoencoder outputs its {channels} input channels, the task wants "
+                            f"{num_outputs} outputs; use the inpainting task")
+        return channels
+
+    def build_supernet(self, input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
+                       **ignored) -> "CAESupernet":
+        """``ignored``: the trainer's image-network settings (channels, cells...): the space fixes the sizes."""
+        c, image = self.max_channels, self.image_channels(input_shape, num_outputs)
+        enc = {i: (c, c if i > 1 else image, 5) for i in range(1, self.layers + 1)}
+        return CAESupernet(self, enc)
+
+    def build_child(self, arch: Sequence[int], input_shape: Sequence[int] | None = None,
+                    num_outputs: int | None = None, **ignored) -> "CAEChild":
         layers, _ = self.decode(arch)
-        width = lambda n: IMAGE_CHANNELS if n == 0 else layers[n - 1].channels  # noqa: E731
+        image = self.image_channels(input_shape, num_outputs)
+        width = lambda n: image if n == 0 else layers[n - 1].channels  # noqa: E731
         enc = {n: (layers[n - 1].channels, width(layers[n - 1].source), layers[n - 1].kernel)
                for n in self.active_path(arch)}
-        return CAENetwork(self, enc, fixed=self.check(arch))
+        return CAEChild(self, enc, self.check(arch))
 
 
 class CAENetwork(nn.Module):
-    """``forward(x, arch)``; holds, per encoder node n in ``shapes`` (c_out, c_in, k), an encoder conv weight
-    (c_out, c_in, k, k) and a decoder transposed-conv weight (c_out, c_in, k, k) (PyTorch's (in, out) order).
-    The supernet holds max shapes for all nodes; a stand-alone network exact shapes for its path only."""
+    """Holds, per encoder node n in ``shapes`` (c_out, c_in, k), an encoder conv weight (c_out, c_in, k, k) and
+    a decoder transposed-conv weight (c_out, c_in, k, k) (PyTorch's (in, out) order), and runs an architecture
+    on them (``run``). The supernet holds max shapes for all nodes; a child exact shapes for its path only."""
 
-    def __init__(self, space: InpaintingSpace, shapes: dict[int, tuple[int, int, int]],
-                 fixed: Architecture | None = None):
+    def __init__(self, space: InpaintingSpace, shapes: dict[int, tuple[int, int, int]]):
         super().__init__()
-        self.space, self.fixed = space, fixed
+        self.space = space
         self.enc_w, self.enc_b = nn.ParameterDict(), nn.ParameterDict()
         self.dec_w, self.dec_b = nn.ParameterDict(), nn.ParameterDict()
         for n, (c_out, c_in, k) in shapes.items():
             self.enc_w[str(n)], self.enc_b[str(n)] = _init(nn.Conv2d(c_in, c_out, k))
             self.dec_w[str(n)], self.dec_b[str(n)] = _init(nn.ConvTranspose2d(c_out, c_in, k))  # c_out -> c_in
 
-    def forward(self, x: torch.Tensor, arch: Sequence[int] | None = None) -> torch.Tensor:
-        arch = self.fixed if arch is None else arch
-        if arch is None:
-            raise UserError("inpainting: the supernet needs an architecture: call net(x, arch)")
-        if self.fixed is not None and tuple(arch) != self.fixed:
-            raise ValueError("a stand-alone network runs only the architecture it was built for")
+    def run(self, x: torch.Tensor, arch: Sequence[int]) -> torch.Tensor:
         layers, _ = self.space.decode(arch)
         path = self.space.active_path(arch)
         feats, inputs = {0: x}, {}
@@ -192,6 +212,31 @@ class CAENetwork(nn.Module):
             if j < len(path) - 1:
                 h = F.relu(h)
         return h
+
+
+class CAESupernet(CAENetwork):
+    """The weight-sharing supernet with the standard gated forward (single path)."""
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor | None = None,
+                active: Sequence[Sequence[int]] | None = None, unit_gates: bool = False,
+                inactive_grad: bool = False) -> torch.Tensor:
+        if active is None:
+            raise UserError("inpainting: the supernet needs an architecture: pass active = one index per decision")
+        if gates is not None and gates.requires_grad:
+            raise UserError("inpainting: the autoencoder has no gate gradients (sizes are weight slices); search "
+                            "it with a loss-ranking strategy (asng, sng, random)")
+        return self.run(x, self.space.from_indices(active))
+
+
+class CAEChild(CAENetwork):
+    """A stand-alone network of exact sizes: ``forward(x)``."""
+
+    def __init__(self, space: InpaintingSpace, shapes: dict[int, tuple[int, int, int]], arch: Architecture):
+        super().__init__(space, shapes)
+        self.arch = arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, self.arch)
 
 
 def _init(conv: nn.Module):

@@ -6,8 +6,13 @@ bias), i.e. a dot product with a 4x4 kernel, giving one scalar per position; the
 positions. The teacher is the same network with a random one-hot architecture, so the argmax architecture's
 loss is exactly 0 once it equals the teacher's.
 
-Only θ is learned, so the network holds buffers only. The 10 first convs are one Conv(1->100), the 10 second
-convs one einsum: a step costs a few small kernels, not 20 module calls.
+Only θ is learned, so the network holds buffers only (the trainer then runs architecture steps only). The 10
+first convs are one Conv(1->100), the 10 second convs one einsum: a step costs a few small kernels, not 20
+module calls.
+
+The fixed network and the teacher are part of the space: ``ToySpace(seed=s)`` draws the convs from a generator
+seeded by ``s`` and then, from the same generator, the teacher (``teacher()``), so every supernet that
+``build_supernet`` returns is the same network, and the toy task built for trial ``s`` holds its teacher.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Categorical, SearchSpace
+from ..errors import UserError
+from .base import Architecture, Categorical, SearchSpace
 
 INPUT_SIZE = 13   # 13x13 input -> (13 - 7) / 2 + 1 = 4x4 maps
 KERNEL = 7
@@ -29,13 +35,38 @@ MAP = 4
 class ToySpace(SearchSpace):
     name = "toy"
 
-    def __init__(self, positions: int = 10, candidates: int = 10):
+    def __init__(self, positions: int = 10, candidates: int = 10, seed: int = 0):
         super().__init__([Categorical(f"pos{n}", tuple(f"c{c}" for c in range(candidates)))
                           for n in range(positions)])
-        self.positions, self.candidates = positions, candidates
+        self.positions, self.candidates, self.seed = positions, candidates, seed
 
-    def build_supernet(self, generator: torch.Generator | None = None) -> "ToyNetwork":
-        return ToyNetwork(self.positions, self.candidates, generator)
+    def _draw(self) -> tuple["ToyNetwork", torch.Generator]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return ToyNetwork(self.positions, self.candidates, generator), generator
+
+    def teacher(self) -> Architecture:
+        """The random one-hot teacher of this trial: drawn after the convs, from the same generator."""
+        _, generator = self._draw()
+        return tuple(int(v) for v in torch.randint(self.candidates, (self.positions,), generator=generator))
+
+    def build_supernet(self, input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
+                       **ignored) -> "ToyNetwork":
+        """The fixed network (the same one on every call); ``ignored``: the trainer's image-network settings."""
+        check_shapes(input_shape, num_outputs)
+        return self._draw()[0]
+
+    def build_child(self, arch: Sequence[int], input_shape: Sequence[int] | None = None,
+                    num_outputs: int | None = None, **ignored) -> "ToyChild":
+        check_shapes(input_shape, num_outputs)
+        return ToyChild(self._draw()[0], self.check(arch))
+
+
+def check_shapes(input_shape, num_outputs) -> None:
+    if input_shape is not None and tuple(input_shape) != (1, INPUT_SIZE, INPUT_SIZE):
+        raise UserError(f"toy: the network reads 1x{INPUT_SIZE}x{INPUT_SIZE} inputs, the task gives "
+                        f"{tuple(input_shape)}; use the toy task")
+    if num_outputs not in (None, 1):
+        raise UserError(f"toy: the network has one output, the task wants {num_outputs}; use the toy task")
 
 
 class ToyNetwork(nn.Module):
@@ -97,6 +128,14 @@ class ToyNetwork(nn.Module):
                 inactive_grad: bool = False) -> torch.Tensor:
         return self.head_output(self.features(x), gates, active, unit_gates, inactive_grad)
 
+    def one_hot_output(self, x: torch.Tensor, arch: Sequence[int]) -> torch.Tensor:
+        """``forward(x, None, [[k] for k in arch])`` computing only the 10 chosen channels (5x cheaper): the
+        toy task's teacher, run on every training batch. The mix of a one-hot forward adds exact zeros, so the
+        two agree to the last bit wherever the convolution of a channel does not depend on its neighbours."""
+        channels = torch.arange(self.positions, device=self.conv.device) * self.candidates + torch.as_tensor(arch)
+        chosen = F.conv2d(x, self.conv[channels], stride=STRIDE)
+        return torch.einsum("bnhw,nhw->bn", torch.tanh(chosen), self.head).mean(-1)
+
     def single_path_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """(B, positions, candidates): each position's scalar for each single candidate.
 
@@ -105,3 +144,14 @@ class ToyNetwork(nn.Module):
         """
         with torch.no_grad():
             return torch.einsum("bnkhw,nhw->bnk", torch.tanh(self.features(x)), self.head)
+
+
+class ToyChild(nn.Module):
+    """One architecture of the fixed network, stand-alone: ``forward(x)``."""
+
+    def __init__(self, network: ToyNetwork, arch: Architecture):
+        super().__init__()
+        self.network, self.active = network, [[k] for k in arch]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x, None, self.active)

@@ -54,12 +54,16 @@ class AdvantageNAS(ThetaStrategy):
         self.none_index = choices.index("none") if none_rule and same_ops and "none" in choices else None
         self.memory: torch.Tensor | None = None
 
-    def ask(self, phase: str) -> Sample:
-        return self.one_hot_sample(self.sample_from(self.probabilities()))
+    def ask(self, phase: str) -> list[Sample]:
+        return [self.one_hot_sample(self.sample_from(self.probabilities()))]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
+        for sample, gate_grad in zip(samples, gate_grads):
+            self.update(sample, gate_grad)
+
+    def update(self, sample: Sample, gate_grad: torch.Tensor) -> None:
         probs, gate_grad = self.probabilities(), gate_grad.to(self.device)
         if self.none_index is not None:
             gate_grad, self.memory = none_advantage(gate_grad, sample.gates, self.memory, self.none_index)

@@ -260,8 +260,8 @@ def integer_probabilities(m: np.ndarray, v: np.ndarray, lay: Layout, width: int)
 @register("asng", "ASNG-NAS: ranked pairs, natural gradient with an adaptive step (Akimoto et al. 2019)")
 @register("sng", "SNG: ASNG's natural gradient with a fixed step delta_init (the ablation)", adaptive=False)
 class ASNG(Strategy):
-    """ASNG behind ask/tell. Per arch step the trainer asks and tells 2 samples on one val batch; the update
-    happens at the second tell. Per weight step it asks 2 samples and averages their losses.
+    """ASNG behind ask/tell. Each ``ask`` returns a pair (the arch step ranks it on one val batch and tells both
+    losses at once; the weight step averages the pair's losses).
 
     Samples are one-hot (unit gates, single path). For an ``Integer`` decision, ``arch`` holds the decoded
     value (spec: clip, round half to even) and the gate row is one-hot at ``value - low``; a supernet for
@@ -274,8 +274,6 @@ class ASNG(Strategy):
 
     name = "asng"
     needs_gate_grad = False
-    arch_samples = 2
-    weight_samples = 2
 
     def __init__(self, space: SearchSpace, seed: int = 0, device="cpu", lr: float | None = None,
                  delta_init: float = 1.0, alpha: float = 1.5, adaptive: bool = True):
@@ -295,16 +293,15 @@ class ASNG(Strategy):
                       "Delta": np.float64(1.0)}
         self.delta = self.delta_init   # the step of the last update (logged)
         self.updates = self.skips = 0
-        self.pairs: dict[str, dict | None] = {"arch": None, "weight": None}  # drawn pair, asks served, losses told
 
     # -- sampling ---------------------------------------------------------------------------------------
-    def draw_pair(self) -> dict:
+    def draw_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, z): two categorical one-hots drawn independently and a mirrored pair of Gaussian vectors."""
         lay = self.layout
         u = torch.rand(2, len(lay.sizes), generator=self.generator, dtype=torch.float64).numpy()
         xi = torch.randn(len(lay.low), generator=self.generator, dtype=torch.float64).numpy()
         _, x = sample_categorical(self.state["theta"], u, lay.sizes)
-        z = mirrored_pair(self.state["m"], self.state["v"], xi)
-        return {"x": x, "z": z, "asked": 0, "losses": []}
+        return x, mirrored_pair(self.state["m"], self.state["v"], xi)
 
     def arch_of(self, x: np.ndarray, z: np.ndarray) -> Architecture:
         arch = [0] * len(self.space)
@@ -320,28 +317,22 @@ class ASNG(Strategy):
         sample.arch = arch
         return sample
 
-    def ask(self, phase: str) -> Sample:
-        key = "arch" if phase == "arch" else "weight"
-        pair = self.pairs[key]
-        if pair is None or pair["asked"] == 2:
-            pair = self.pairs[key] = self.draw_pair()
-        k = pair["asked"]
-        pair["asked"] += 1
-        return self.make_sample(self.arch_of(pair["x"][k], pair["z"][k]))
+    def ask(self, phase: str) -> list[Sample]:
+        x, z = self.draw_pair()
+        samples = [self.make_sample(self.arch_of(x[k], z[k])) for k in range(2)]
+        for k, sample in enumerate(samples):
+            sample.info.update(x=x[k], z=z[k])
+        return samples
 
-    def tell(self, sample, loss, gate_grad, phase):
-        """Arch tells come in the order of their asks; the second one of a pair updates θ."""
+    def tell(self, samples, losses, gate_grads, phase):
+        """One update from the ranked pair of one ``ask``."""
         if phase != "arch":
             return
-        pair = self.pairs["arch"]
-        k = 0 if pair is None else len(pair["losses"])
-        if pair is None or k >= pair["asked"] or self.arch_of(pair["x"][k], pair["z"][k]) != tuple(sample.arch):
-            raise RuntimeError("ASNG: arch tells must follow their asks in order (ask, tell, ask, tell)")
-        pair["losses"].append(float(loss))
-        if len(pair["losses"]) < 2:
-            return
-        self.pairs["arch"] = None
-        new = asng_update(self.layout, self.state, pair["x"], pair["z"], np.array(pair["losses"]),
+        if len(samples) != 2 or len(losses) != 2:
+            raise UserError(f"ASNG ranks the pair of one ask; it was told {len(samples)} samples")
+        x = np.stack([s.info["x"] for s in samples])
+        z = np.stack([s.info["z"] for s in samples])
+        new = asng_update(self.layout, self.state, x, z, np.array([float(v) for v in losses]),
                           self.delta_init, self.alpha, self.adaptive)
         self.delta = float(new.pop("delta"))
         skipped = bool(new.pop("skipped"))
@@ -379,18 +370,11 @@ class ASNG(Strategy):
 
     # -- checkpoints: tensors, floats, ints and lists only (torch.load(weights_only=True)) -----------------
     def state_dict(self) -> dict:
-        pair = lambda p: None if p is None else {"x": torch.tensor(p["x"]), "z": torch.tensor(p["z"]),  # noqa: E731
-                                                 "asked": p["asked"], "losses": list(p["losses"])}
         return {"generator": self.generator.get_state(),
                 **{k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in self.state.items()},
-                "delta": self.delta, "updates": self.updates, "skips": self.skips,
-                "pairs": {key: pair(p) for key, p in self.pairs.items()}}
+                "delta": self.delta, "updates": self.updates, "skips": self.skips}
 
     def load_state_dict(self, state: dict) -> None:
-        array = lambda t: t.double().numpy().copy()  # noqa: E731
-        pair = lambda p: None if p is None else {"x": array(p["x"]), "z": array(p["z"]),  # noqa: E731
-                                                 "asked": p["asked"], "losses": list(p["losses"])}
         self.generator.set_state(state["generator"])
-        self.state = {k: array(state[k]) for k in ("theta", "m", "v", "s", "gamma", "Delta")}
+        self.state = {k: state[k].double().numpy().copy() for k in ("theta", "m", "v", "s", "gamma", "Delta")}
         self.delta, self.updates, self.skips = state["delta"], state["updates"], state["skips"]
-        self.pairs = {key: pair(p) for key, p in state["pairs"].items()}

@@ -1,17 +1,19 @@
 """The strategy interface (ask/tell), the registry, and the shared θ machinery.
 
 A strategy owns a distribution over architectures. Each training iteration the trainer calls
-``ask(phase)`` for gates, runs the supernet, and calls ``tell(sample, loss, gate_grad, phase)``.
-``phase`` is ``"warmup"`` (weights only), ``"weight"`` (a weight step of the search phase) or ``"arch"``
-(an architecture step); only ``"arch"`` calls update θ, but every call is told so that e.g. REINFORCE can
-track its loss baseline. How a strategy wants to be trained is declared as class attributes that the trainer
-reads; the trainer never asks which strategy it runs.
+``ask(phase)`` for a *population* of samples (most strategies: one; ASNG: a ranked pair), runs the supernet on
+each, and calls ``tell(samples, losses, gate_grads, phase)`` with all of them at once, as cmaes does. Whatever a
+strategy needs to know about a sample at ``tell`` travels in ``Sample.info``, so no strategy holds state
+between ``ask`` and ``tell``. ``phase`` is ``"warmup"`` (weights only), ``"weight"`` (a weight step of the search
+phase) or ``"arch"`` (an architecture step); only ``"arch"`` calls update θ, but every call is told so that e.g.
+REINFORCE can track its loss baseline. How a strategy wants to be trained is declared as class attributes that
+the trainer reads; the trainer never asks which strategy it runs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -29,6 +31,7 @@ class Sample:
     arch:   the discrete architecture this step stands for (the sampled one, or the argmax of a relaxed one).
     unit:   every active gate equals exactly 1 (one-hot samples), which lets the supernet skip the multiply.
     inactive_grad: also compute dL/dgate for the ops that did not run, as if each added gate * 1 (GDAS).
+    info:   whatever the strategy needs again at ``tell`` (the trainer never reads it).
     """
 
     gates: torch.Tensor | None
@@ -36,17 +39,18 @@ class Sample:
     arch: Architecture
     unit: bool = False
     inactive_grad: bool = False
+    info: dict = field(default_factory=dict)  # strategy-private data for ``tell`` (e.g. Gumbel noise, τ)
 
 
 class Strategy:
     name = "base"
     # The training pattern, read by the trainer:
-    arch_batch = "val"          # arch steps use a batch from the "val" split (bilevel) or the "train" split
+    # arch steps use a batch of the "val" split (bilevel), of the "train" split, or are "same": single-level, the
+    # weight step's one forward and backward on a training batch give dL/dgate too (SNAS)
+    arch_batch = "val"
     needs_gate_grad = True      # arch steps need dL/dgate (False: the loss alone, e.g. REINFORCE-style)
     updates_theta = True        # False: nothing to learn (random search); the trainer skips arch steps
     derive_by_validation = 0    # >0: the final architecture is the best of this many children on val data
-    arch_samples = 1            # architectures asked, evaluated on one shared batch and told, per arch step
-    weight_samples = 1          # architectures whose mean loss makes one weight step (ASNG: 2)
 
     def __init__(self, space: SearchSpace, seed: int = 0, device: str | torch.device = "cpu",
                  lr: float | None = None):
@@ -56,11 +60,18 @@ class Strategy:
         self.generator = torch.Generator().manual_seed(seed)
 
     # -- the interface --------------------------------------------------------------------------
-    def ask(self, phase: str) -> Sample:
+    def ask(self, phase: str) -> list[Sample]:
+        """The samples of one step: each is evaluated on the same batch and all are told together."""
         raise NotImplementedError
 
-    def tell(self, sample: Sample, loss: float, gate_grad: torch.Tensor | None, phase: str) -> None:
-        pass
+    def tell(self, samples: Sequence[Sample], losses: Sequence[float],
+             gate_grads: Sequence[torch.Tensor | None] | None, phase: str) -> None:
+        """The losses (and, for ``needs_gate_grad`` arch steps, dL/dgate) of the samples of one ``ask``."""
+
+    def loss_term(self, sample: Sample, gates: torch.Tensor) -> torch.Tensor | None:
+        """A term of the strategy's own added to the task loss before backward (e.g. SNAS's resource penalty);
+        ``gates`` is the tensor that entered the supernet, so the term's gradient reaches dL/dgate."""
+        return None
 
     def derive(self) -> Architecture:
         raise NotImplementedError
@@ -150,6 +161,7 @@ class ThetaStrategy(Strategy):
 
 # --- registry --------------------------------------------------------------------------------------
 _REGISTRY: dict[str, tuple[Callable[..., Strategy], str]] = {}
+_CLASSES: dict[str, tuple[type, str, dict]] = {}  # name -> (class, description, preset hyper-parameters)
 
 
 def register(name: str, description: str, **defaults):
@@ -157,16 +169,22 @@ def register(name: str, description: str, **defaults):
 
     def wrap(cls):
         _REGISTRY[name] = (lambda space, **hp: cls(space, **{**defaults, **hp}), description)
+        _CLASSES[name] = (cls, description, defaults)
         return cls
 
     return wrap
 
 
 def create(name: str, space: SearchSpace, **hparams) -> Strategy:
+    from .. import plugins
+
+    plugins.load()
     if name not in _REGISTRY:
         raise UserError(f"unknown strategy {name!r}; choose from {', '.join(sorted(_REGISTRY))} "
                         "(list them with 'oneshot strategies')")
     factory, _ = _REGISTRY[name]
+    given = {k: v for k, v in hparams.items() if k not in ("seed", "device", "lr")}
+    hparams = {**hparams, **coerce_hyperparameters(name, given)} if name in _CLASSES else hparams
     try:
         return factory(space, **hparams)
     except TypeError as e:
@@ -174,4 +192,40 @@ def create(name: str, space: SearchSpace, **hparams) -> Strategy:
 
 
 def available() -> dict[str, str]:
+    from .. import plugins
+
+    plugins.load()
     return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+
+
+def hyperparameters(name: str) -> dict[str, tuple[str, object]]:
+    """``{hyper-parameter: (type name, default)}`` of a registered strategy, from its constructor's signature
+    (the arguments every strategy takes, space/seed/device, left out; ``lr`` is the trainer's ``a_lr``)."""
+    import inspect
+
+    cls, _, defaults = _CLASSES[name]
+    params = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        for p in list(inspect.signature(klass.__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name in ("space", "seed", "device", "lr") or p.name in params:
+                continue
+            default = defaults.get(p.name, p.default)
+            params[p.name] = (type(default).__name__ if default is not None else "float", default)
+    return params
+
+
+def coerce_hyperparameters(name: str, options: dict) -> dict:
+    """``--hp`` values as their declared types (``baseline=False`` is False, not the string), or one UserError."""
+    from ..config import coerce
+
+    known = hyperparameters(name)
+    out = {}
+    for key, value in options.items():
+        if key not in known:
+            raise UserError(f"strategy {name!r} has no hyper-parameter {key!r}; it takes "
+                            f"{', '.join(known) or 'none'} (see 'oneshot strategies --details')")
+        kind = type(known[key][1]) if known[key][1] is not None else float
+        out[key] = coerce(key, value, kind) if kind in (bool, int, float, str) else value
+    return out

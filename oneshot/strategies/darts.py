@@ -16,13 +16,14 @@ from .base import Sample, ThetaStrategy, register
 class DARTS(ThetaStrategy):
     name = "darts"
 
-    def ask(self, phase: str) -> Sample:
+    def ask(self, phase: str) -> list[Sample]:
         gates = self.probabilities()
-        return Sample(gates, None, tuple(gates.argmax(-1).tolist()))
+        return [Sample(gates, None, tuple(gates.argmax(-1).tolist()))]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
-        # θ has not moved since ask, so softmax(θ) rebuilt here is the gate the trainer differentiated
-        (grad,) = torch.autograd.grad(torch.softmax(self.logits(), -1), self.theta, gate_grad.to(self.device))
-        self.apply_gradient(grad)
+        for gate_grad in gate_grads:
+            # θ has not moved since ask, so softmax(θ) rebuilt here is the gate the trainer differentiated
+            (grad,) = torch.autograd.grad(torch.softmax(self.logits(), -1), self.theta, gate_grad.to(self.device))
+            self.apply_gradient(grad)

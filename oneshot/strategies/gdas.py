@@ -24,26 +24,22 @@ def gdas_temperature(progress: float) -> float:
 class GDAS(ThetaStrategy):
     name = "gdas"
 
-    def __init__(self, space, **kw):
-        super().__init__(space, **kw)
-        self.noise: torch.Tensor | None = None  # G of the pending arch step (lives from ask to tell only)
-
-    def ask(self, phase: str) -> Sample:
+    def ask(self, phase: str) -> list[Sample]:
         # Every iteration draws a fresh architecture, warm-up included (official code).
         noise = gumbel_noise(self.theta.shape, self.generator).to(self.device)
         with torch.no_grad():
             index = perturbed_scores(self.logits(), noise).argmax(-1).tolist()
         sample = self.one_hot_sample(index)
         if phase == "arch":
-            self.noise = noise
+            sample.info["noise"] = noise
             sample.inactive_grad = True  # the "+ h_j * 1" term: the ops that did not run get sum(dL/de)
-        return sample
+        return [sample]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
-        # h = onehot + z - sg(z) has dh/dz = I, so θ's gradient is z's vector-Jacobian product with dL/dh.
-        z = relaxed_sample(self.logits(), self.noise, gdas_temperature(self.progress))
-        (grad,) = torch.autograd.grad(z, self.theta, gate_grad.to(self.device))
-        self.noise = None
-        self.apply_gradient(grad)
+        for sample, gate_grad in zip(samples, gate_grads):
+            # h = onehot + z - sg(z) has dh/dz = I, so θ's gradient is z's vector-Jacobian product with dL/dh.
+            z = relaxed_sample(self.logits(), sample.info["noise"], gdas_temperature(self.progress))
+            (grad,) = torch.autograd.grad(z, self.theta, gate_grad.to(self.device))
+            self.apply_gradient(grad)

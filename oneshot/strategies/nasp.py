@@ -38,18 +38,19 @@ class NASP(ThetaStrategy):
         with torch.no_grad():
             self.theta.copy_(project(self.theta, self.mask))
 
-    def ask(self, phase: str) -> Sample:
+    def ask(self, phase: str) -> list[Sample]:
         if phase == "warmup":
             noise = gumbel_noise(self.theta.shape, self.generator).to(self.device)
             with torch.no_grad():
-                return self.one_hot_sample(perturbed_scores(self.logits(), noise).argmax(-1).tolist())
+                return [self.one_hot_sample(perturbed_scores(self.logits(), noise).argmax(-1).tolist())]
         sample = self.one_hot_sample(self.derive())
         if phase == "arch":  # all ops run, weighted by the one-hot: dL/da for every op
             sample.active, sample.unit = None, False
-        return sample
+        return [sample]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
-        self.apply_gradient(gate_grad.to(self.device))
-        self._project()
+        for gate_grad in gate_grads:
+            self.apply_gradient(gate_grad.to(self.device))
+            self._project()

@@ -60,12 +60,17 @@ class PARSEC(ThetaStrategy):
         self.buffer_arch: list[list[int]] = []
         self.buffer_loss: list[float] = []
 
-    def ask(self, phase: str) -> Sample:
-        return self.one_hot_sample(self.sample_from(self.probabilities()))
+    def ask(self, phase: str) -> list[Sample]:
+        return [self.one_hot_sample(self.sample_from(self.probabilities()))]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
+        for sample, loss in zip(samples, losses):
+            self.update(sample, loss)
+
+    def update(self, sample: Sample, loss: float) -> None:
+        """One sample joins the buffer; every ``samples``-th one triggers the θ step (Adam counts the others)."""
         self.buffer_arch.append(list(sample.arch))
         self.buffer_loss.append(float(loss))
         if len(self.buffer_loss) < self.samples:

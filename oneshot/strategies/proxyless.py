@@ -52,7 +52,7 @@ class ProxylessNAS(ThetaStrategy):
             raise UserError(f"proxyless: rescale must be 'pair' or 'all', got {rescale!r}")
         self.rescale = rescale
 
-    def ask(self, phase: str) -> Sample:
+    def ask(self, phase: str) -> list[Sample]:
         noise = gumbel_noise(self.theta.shape, self.generator).to(self.device)
         with torch.no_grad():
             scores = perturbed_scores(self.logits(), noise)
@@ -62,13 +62,14 @@ class ProxylessNAS(ThetaStrategy):
         gates = torch.zeros(self.theta.shape)
         for i, ops in enumerate(active):
             gates[i, ops] = 1.0
-        return Sample(gates.to(self.device), active, tuple(row[0] for row in order), unit=True)
+        return [Sample(gates.to(self.device), active, tuple(row[0] for row in order), unit=True)]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
-        pair = sample.gates.to(self.device) > 0
-        old = self.theta.detach().clone()
-        self.apply_gradient(proxyless_gradient(old, pair, gate_grad.to(self.device)))
-        with torch.no_grad():
-            self.theta.copy_(rescale(old, self.theta.detach(), pair, self.mask, self.rescale))
+        for sample, gate_grad in zip(samples, gate_grads):
+            pair = sample.gates.to(self.device) > 0
+            old = self.theta.detach().clone()
+            self.apply_gradient(proxyless_gradient(old, pair, gate_grad.to(self.device)))
+            with torch.no_grad():
+                self.theta.copy_(rescale(old, self.theta.detach(), pair, self.mask, self.rescale))

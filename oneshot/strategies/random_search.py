@@ -15,8 +15,8 @@ class RandomSearch(Strategy):
         super().__init__(space, **kw)
         self.derive_by_validation = candidates
 
-    def ask(self, phase: str) -> Sample:
-        return self.one_hot_sample(self.space.sample(self.generator))
+    def ask(self, phase: str) -> list[Sample]:
+        return [self.one_hot_sample(self.space.sample(self.generator))]
 
     def derive(self):
         raise RuntimeError("random search derives by validation: the trainer ranks sampled children")

@@ -27,13 +27,14 @@ class Reinforce(ThetaStrategy):
         super().__init__(space, **kw)
         self.baseline: float | None = None
 
-    def ask(self, phase: str) -> Sample:
-        return self.one_hot_sample(self.sample_from(self.probabilities()))
+    def ask(self, phase: str) -> list[Sample]:
+        return [self.one_hot_sample(self.sample_from(self.probabilities()))]
 
-    def tell(self, sample, loss, gate_grad, phase):
-        self.baseline = loss if self.baseline is None else EMA * loss + (1 - EMA) * self.baseline
-        if phase == "arch":
-            self.apply_gradient(reinforce_gradient(self.probabilities(), sample.gates, loss - self.baseline))
+    def tell(self, samples, losses, gate_grads, phase):
+        for sample, loss in zip(samples, losses):
+            self.baseline = loss if self.baseline is None else EMA * loss + (1 - EMA) * self.baseline
+            if phase == "arch":
+                self.apply_gradient(reinforce_gradient(self.probabilities(), sample.gates, loss - self.baseline))
 
     def state_dict(self):
         return {**super().state_dict(), "baseline": self.baseline}

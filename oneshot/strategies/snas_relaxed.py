@@ -32,24 +32,21 @@ class SNASRelaxed(ThetaStrategy):
     def __init__(self, space, tau_min: float = 0.01, **kw):
         super().__init__(space, **kw)
         self.tau_min = tau_min
-        self.pending: tuple[torch.Tensor, float] | None = None  # (G, τ) of the arch step between ask and tell
 
-    def ask(self, phase: str) -> Sample:
+    def ask(self, phase: str) -> list[Sample]:
         noise = gumbel_noise(self.theta.shape, self.generator).to(self.device)
         # τ at n = arch steps done (the trainer calls set_schedule before ask)
         tau = snas_temperature(self.progress, self.tau_min)
         with torch.no_grad():
             gates = relaxed_sample(self.logits(), noise, tau)
             arch = tuple(perturbed_scores(self.logits(), noise).argmax(-1).tolist())
-        if phase == "arch":
-            self.pending = (noise, tau)
-        return Sample(gates, None, arch)
+        return [Sample(gates, None, arch, info={"noise": noise, "tau": tau})]
 
-    def tell(self, sample, loss, gate_grad, phase):
+    def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
             return
-        noise, tau = self.pending
-        a = relaxed_sample(self.logits(), noise, tau)  # θ has not moved since ask: the same gates, now with a graph
-        (grad,) = torch.autograd.grad(a, self.theta, gate_grad.to(self.device))
-        self.pending = None
-        self.apply_gradient(grad)
+        for sample, gate_grad in zip(samples, gate_grads):
+            # θ has not moved since ask: the same gates, now with a graph
+            a = relaxed_sample(self.logits(), sample.info["noise"], sample.info["tau"])
+            (grad,) = torch.autograd.grad(a, self.theta, gate_grad.to(self.device))
+            self.apply_gradient(grad)
