@@ -31,6 +31,12 @@ def search(config: SearchConfig, out: str | os.PathLike, *, task=None, space=Non
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = config.validated()
+    if config.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard needs the tensorboard package: pip install 'oneshot-nas[tensorboard]'") \
+                from None
     if space_from:
         config = config.replace(restrict=kept_choices(space_from, config))
     if space is None:

@@ -14,7 +14,22 @@ from pathlib import Path
 from .errors import UserError
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with "(default: X)" where an option has a default worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, not argparse's usage dump
         raise UserError(f"{message} (see '{self.prog} --help')")
 
@@ -61,6 +76,8 @@ def build_parser() -> Parser:
     s.add_argument("--seed", type=int, help="default: 0")
     s.add_argument("--out", help="run folder (default: runs/SPACE-STRATEGY-PRESET-sSEED)")
     s.add_argument("--device", help="auto (CUDA when present; the default), cpu, cuda, cuda:N")
+    s.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs the tensorboard "
+                                                               "package: pip install 'oneshot-nas[tensorboard]')")
     s.add_argument("--shrink", choices=["abs"], help="first shrink the space with ABS (into OUT/shrink), then search")
     s.add_argument("--space-from", metavar="RUN_DIR", help="search the space kept by an earlier 'oneshot shrink' run")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -68,22 +85,22 @@ def build_parser() -> Parser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     k = commands.add_parser("shrink", help="ABS: train a uniform single-path supernet, drop low-angle operators")
-    k.add_argument("--space", default="nb201")
+    k.add_argument("--space", default="nb201", help="search space to shrink")
     k.add_argument("--space-option", action="append", metavar="NAME=VALUE", help="e.g. ops=5 (NB201 with 'none')")
-    k.add_argument("--preset", default="cpu")
+    k.add_argument("--preset", default="cpu", help="supernet training settings (abs: ABS's own protocol)")
     k.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a preset setting")
     k.add_argument("--drop", type=int, help="operators to drop (default: 2/3 of them, 20 of 30 on NB201 with 'none')")
-    k.add_argument("--data")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--data", help="CIFAR-10 (as for search)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the supernet training")
     k.add_argument("--out", help="run folder (default: runs/SPACE-abs-PRESET-sSEED)")
-    k.add_argument("--device", default="auto")
-    k.add_argument("--resume", action="store_true")
-    k.add_argument("--overwrite", action="store_true")
-    k.add_argument("--quiet", action="store_true")
+    k.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    k.add_argument("--resume", action="store_true", help="continue the shrink run in --out")
+    k.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = commands.add_parser("evaluate", help="look an architecture up in a tabular benchmark")
     e.add_argument("architecture", nargs="?", help="e.g. '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|...|'")
-    e.add_argument("--space", default="nb201")
+    e.add_argument("--space", default="nb201", help="the space whose tabular benchmark to read")
     e.add_argument("--example", action="store_true", help="print the best cell of the table as an example")
 
     t = commands.add_parser("toy", help="the AdvantageNAS toy task: 8 estimators recover a teacher architecture")
@@ -157,6 +174,7 @@ def build_parser() -> Parser:
     r = commands.add_parser("report", help="table and curves from search run folders")
     r.add_argument("runs", nargs="+", help="run folders (each with result.json)")
     r.add_argument("--out", help="also write report.md, report.json and curves.png here")
+    r.add_argument("--x", choices=["seconds", "iterations"], default="seconds", help="x axis of the curves")
 
     st = commands.add_parser("strategies", help="list the search strategies")
     st.add_argument("--details", action="store_true", help="also each strategy's hyper-parameters (--hp) and defaults")
@@ -178,6 +196,8 @@ def search_config(args):
                               (args.hp, "strategy_options", "--hp")):
         if option:
             flags[key] = parse_assignments(option, what)
+    if args.tensorboard:
+        flags["tensorboard"] = True
     changes = parse_assignments(args.set, "--set")
     if args.config:
         base = SearchConfig().replace(**load_config_file(args.config))
@@ -336,7 +356,7 @@ def cmd_export(args) -> int:
 def cmd_report(args) -> int:
     from .report import report
 
-    print(report(args.runs, args.out))
+    print(report(args.runs, args.out, x=args.x))
     return 0
 
 

@@ -61,6 +61,7 @@ class SearchConfig:
     log_every: int = 70          # iterations between logged argmax architectures
     checkpoint_every: int = 500  # iterations between checkpoints (also at every epoch end)
     eval_batches: int = 10       # val batches (of 256) per child when a strategy derives by validation
+    tensorboard: bool = False    # also write the log's numbers as TensorBoard scalars into OUT/tensorboard
     eval_child: bool = False     # at the end, test the derived child inside the supernet and the supernet itself
     eval_limit: int = 0          # ... on the first this-many test examples (0: all of them)
 

@@ -70,10 +70,13 @@ def fmt(stat: dict | None, digits: int = 2) -> str:
     return text if stat["std"] is None else f"{text} ± {stat['std']:.{digits}f}"
 
 
-def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(seconds, NB201 accuracy) of the logged argmax architectures. Records carry ``seconds`` when the
-    trainer logs it; otherwise time is assumed proportional to the step (the run's search_seconds at its end)."""
+def curve(run: dict, x: str = "seconds") -> tuple[np.ndarray, np.ndarray]:
+    """(seconds or iterations, NB201 accuracy) of the logged argmax architectures. Records carry ``seconds`` when
+    the trainer logs it; otherwise time is assumed proportional to the step (the run's search_seconds at its end)."""
     records = [r for r in run["records"] if "nb201_cifar10" in r]
+    if x == "iterations":
+        return (np.asarray([r["step"] for r in records], dtype=float),
+                np.asarray([r["nb201_cifar10"] for r in records], dtype=float))
     result = run["result"]
     scale = result.get("search_seconds", 0.0) / max(1, result.get("iterations") or records[-1]["step"]) \
         if records else 0.0
@@ -81,9 +84,9 @@ def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(t, dtype=float), np.asarray([r["nb201_cifar10"] for r in records], dtype=float)
 
 
-def median_curve(runs: list[dict]) -> dict | None:
-    """Median over seeds on a common time grid; each run holds its last logged value (a step function)."""
-    curves = [c for c in map(curve, runs) if len(c[0])]
+def median_curve(runs: list[dict], x: str = "seconds") -> dict | None:
+    """Median over seeds on a common grid; each run holds its last logged value (a step function)."""
+    curves = [c for c in (curve(r, x) for r in runs) if len(c[0])]
     if not curves:
         return None
     grid = np.linspace(0.0, max(t[-1] for t, _ in curves), CURVE_POINTS)
@@ -94,7 +97,8 @@ def median_curve(runs: list[dict]) -> dict | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before the first log
         median = np.nanmedian(np.asarray(rows), axis=0)
-    return {"seconds": grid.tolist(), "median_cifar10": [None if np.isnan(v) else float(v) for v in median]}
+    return {"x": grid.tolist(), ("seconds" if x == "seconds" else "iterations"): grid.tolist(),
+            "median_cifar10": [None if np.isnan(v) else float(v) for v in median]}
 
 
 def accuracy_at(run: dict, budget: float) -> float | None:
@@ -106,7 +110,7 @@ def accuracy_at(run: dict, budget: float) -> float | None:
     return float(acc[within[-1]]) if len(within) else None
 
 
-def summarise(runs: list[dict], budgets: dict | None = None) -> dict:
+def summarise(runs: list[dict], budgets: dict | None = None, x: str = "seconds") -> dict:
     """``budgets``: seed -> seconds of the reference method's run with that seed (equal-time accuracy)."""
     results = [r["result"] for r in runs]
     timed = [accuracy_at(r, budgets[r["result"].get("seed")]) for r in runs
@@ -122,7 +126,7 @@ def summarise(runs: list[dict], budgets: dict | None = None) -> dict:
         "mean_rank": float(np.mean(ranks)) if ranks else None,
         "search_seconds": float(np.mean([r.get("search_seconds", np.nan) for r in results])),
         "cpu_seconds": float(np.mean([r.get("cpu_seconds", np.nan) for r in results])),
-        "curve": median_curve(runs),
+        "curve": median_curve(runs, x), "curve_x": x,
     }
 
 
@@ -143,7 +147,7 @@ def table(methods: dict[str, dict], reference: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(methods: dict[str, dict], path: str | Path) -> None:
+def plot_curves(methods: dict[str, dict], path: str | Path, x: str = "seconds") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,8 +157,9 @@ def plot_curves(methods: dict[str, dict], path: str | Path) -> None:
     for label, m in methods.items():
         if m["curve"]:
             y = np.array([np.nan if v is None else v for v in m["curve"]["median_cifar10"]])
-            ax.plot(m["curve"]["seconds"], y, label=f"{label} (n={len(m['runs'])})", lw=1.2)
-    ax.set(xlabel="search wall-clock time (s)", ylabel="NB201 CIFAR-10 test acc. (%), argmax",
+            ax.plot(m["curve"]["x"], y, label=f"{label} (n={len(m['runs'])})", lw=1.2)
+    ax.set(xlabel="search wall-clock time (s)" if x == "seconds" else "iteration",
+           ylabel="NB201 CIFAR-10 test acc. (%), argmax",
            title="median over seeds")
     if ax.lines:
         ax.legend(fontsize=8)
@@ -173,7 +178,8 @@ seconds of the search loop, CPU its process time.
 """
 
 
-def report(run_dirs: Sequence[str], out: str | None = None, reference: str | None = "advantage") -> str:
+def report(run_dirs: Sequence[str], out: str | None = None, reference: str | None = "advantage",
+           x: str = "seconds") -> str:
     """The Markdown table of the runs in ``run_dirs``; with ``out``, also writes report.md, report.json and
     curves.png there. ``reference``: the method whose search time (per seed) sets the equal-time column."""
     if not run_dirs:
@@ -202,7 +208,9 @@ def report(run_dirs: Sequence[str], out: str | None = None, reference: str | Non
     if reference not in groups:
         reference = None
     budgets = {r["result"].get("seed"): r["result"]["search_seconds"] for r in groups[reference]} if reference else None
-    methods = {label: summarise(runs, budgets) for label, runs in groups.items()}
+    if x not in ("seconds", "iterations"):
+        raise UserError(f"curves are plotted against seconds or iterations, not {x!r}")
+    methods = {label: summarise(runs, budgets, x) for label, runs in groups.items()}
     text = table(methods, reference)
     if out is not None:
         folder = Path(out)
@@ -212,5 +220,5 @@ def report(run_dirs: Sequence[str], out: str | None = None, reference: str | Non
             raise UserError(f"cannot write the report folder {folder} ({e.strerror}); choose another one") from None
         (folder / "report.md").write_text(text + EXPLANATION)
         (folder / "report.json").write_text(json.dumps(methods, indent=1))
-        plot_curves(methods, folder / "curves.png")
+        plot_curves(methods, folder / "curves.png", x)
     return text

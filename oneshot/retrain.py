@@ -293,7 +293,7 @@ class Retraining:
         self._aux = None
         loss = self.task.loss(self.forward, batch)
         aux = self._aux
-        if aux is not None:
+        if self.config.aux_weight > 0 and aux is not None:
             loss = loss + self.config.aux_weight * self.task.loss(lambda *_: aux, batch)
         value = loss.item()
         if not math.isfinite(value):

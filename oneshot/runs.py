@@ -40,7 +40,7 @@ except ImportError:  # not POSIX: runs are not locked
 
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint.pt", "result.json", "search.png")
 # What an --overwrite moves aside: the run's files, what ABS and 'retrain' write beside them, and temporaries.
-RUN_ENTRIES = RUN_FILES + ("theta0.pt", "shrink.json", "retrain*.json")
+RUN_ENTRIES = RUN_FILES + ("theta0.pt", "shrink.json", "retrain*.json", "tensorboard")
 LOCK = ".oneshot.lock"
 ASIDE = ".previous-run"  # the replaced run, until the new one has a checkpoint
 MOVING = ".previous-run.partial"  # files on their way into or out of ASIDE: all of them belong to the old run
@@ -179,6 +179,7 @@ class RunFolder:
         """End this process's run after an error or interrupt. Before the new run's first checkpoint this
         removes what it wrote and puts the replaced run back (or removes the folder it made), so the folder
         is as it was; after it (or for --resume) the folder is kept for --resume. Then ``close()``."""
+        self._close_board()
         if self.writer and self._active and self._started_here and not self.committed:
             try:
                 for name in sorted(os.listdir(self.path)):
@@ -197,6 +198,7 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the lock (and remove the lock file). The run's files stay as they are."""
+        self._close_board()
         self._active = False
         fd, self._lock_fd = self._lock_fd, None
         if fd is None:
@@ -439,6 +441,27 @@ class RunFolder:
                     handle.write(json.dumps(record) + "\n")
             except OSError as e:  # a half-written line is dropped by the next --resume
                 raise self._write_error("log.jsonl", e) from None
+            if self.config.get("tensorboard"):
+                self._tensorboard(record)
+
+    def _close_board(self) -> None:
+        board, self._board = getattr(self, "_board", None), None
+        if board is not None:
+            board.close()
+
+    def _tensorboard(self, record: dict) -> None:
+        """The record's numbers as TensorBoard scalars in ``tensorboard/`` (``--tensorboard``)."""
+        if getattr(self, "_board", None) is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install 'oneshot-nas[tensorboard]'") \
+                    from None
+            self._board = SummaryWriter(str(self.path / "tensorboard"))
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                self._board.add_scalar(key, value, record["step"])
+        self._board.flush()
 
     def save_checkpoint(self, state: dict) -> None:
         if self.writer:
@@ -457,25 +480,54 @@ class RunFolder:
         return [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
 
     def plot(self) -> None:
+        """search.png: what the argmax architecture is worth (NB201 table, where it applies), θ's entropy and the
+        supernet's losses over the iterations, with the end of warm-up marked."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import numpy as np
 
         records = self.records()
         if not records:
             return
-        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
-        steps = [r["step"] for r in records if "nb201_cifar10" in r]
-        if steps:
-            ax_acc.plot(steps, [r["nb201_cifar10"] for r in records if "nb201_cifar10" in r])
-        ax_acc.set(xlabel="iteration", ylabel="NB201 CIFAR-10 test acc. (%) of argmax", title="architecture")
-        ax_loss.plot([r["step"] for r in records], [r["weight_loss"] for r in records], label="weight (train)")
+        config = self.config
+        fig, (ax_acc, ax_entropy, ax_loss) = plt.subplots(1, 3, figsize=(14, 3.8))
+        fig.suptitle(f"{config.get('strategy', '?')} on {config.get('space', '?')} ({config.get('task', 'cifar10')}), "
+                     f"preset {config.get('preset', '?')}, seed {config.get('seed', '?')}")
+        timed = next((r for r in records if r.get("epoch")), None)  # steps per epoch = step / epoch
+        search_from = (round(config.get("warmup_epochs", 0) * timed["step"] / timed["epoch"])
+                       if timed and config.get("warmup_epochs") else None)
+        acc = [(r["step"], r["nb201_cifar10"]) for r in records if "nb201_cifar10" in r]
+        if acc:
+            steps, values = map(np.asarray, zip(*acc))
+            ax_acc.plot(steps, values, marker=".", lw=1)
+            ax_acc.axhline(94.37, color="grey", ls=":", lw=1, label="NB201 optimum 94.37")
+            # the y-range follows the search phase: a warm-up argmax (e.g. the all-skip cell, 54 %) would flatten it
+            shown = values[steps > search_from] if search_from is not None and (steps > search_from).any() else values
+            low = min(float(shown.min()), 94.37)
+            ax_acc.set_ylim(low - 0.1 * (94.5 - low) - 0.1, 94.6)
+            ax_acc.legend(fontsize=8, loc="lower right")
+            ax_acc.set(ylabel="NB201 CIFAR-10 test acc. (%) of the argmax")
+        else:
+            ax_acc.text(0.5, 0.5, "no tabular benchmark for this space and task", ha="center", va="center",
+                        transform=ax_acc.transAxes)
+        ax_acc.set(xlabel="iteration", title="architecture (argmax of θ)")
+        entropy = [(r["step"], r["entropy"]) for r in records if "entropy" in r]
+        if entropy:
+            ax_entropy.plot(*zip(*entropy), lw=1)
+        ax_entropy.set(xlabel="iteration", ylabel="mean entropy of θ per decision (nats)", title="θ's certainty")
+        ax_entropy.ticklabel_format(axis="y", useOffset=False)
+        ax_loss.plot([r["step"] for r in records], [r["weight_loss"] for r in records], label="weight step (train)")
         arch = [(r["step"], r["arch_loss"]) for r in records if "arch_loss" in r]
         if arch:
-            ax_loss.plot(*zip(*arch), label="arch (val)")
-        ax_loss.set(xlabel="iteration", ylabel="cross-entropy", title="supernet loss")
-        ax_loss.legend()
+            ax_loss.plot(*zip(*arch), label="arch step")
+        ax_loss.set(xlabel="iteration", ylabel="task loss", title="supernet loss")
+        ax_loss.legend(fontsize=8)
+        if search_from is not None and search_from > records[0]["step"]:
+            for ax in (ax_acc, ax_entropy, ax_loss):
+                ax.axvline(search_from, color="tab:red", ls="--", lw=0.8)
+            ax_loss.text(search_from, ax_loss.get_ylim()[1], " warm-up ends", color="tab:red", fontsize=8, va="top")
         fig.tight_layout()
         try:
             self._write("search.png", lambda h: fig.savefig(h, format="png", dpi=100))

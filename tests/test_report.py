@@ -91,3 +91,14 @@ def test_runs_with_other_settings_are_not_pooled_and_duplicate_seeds_are_refused
     again = write_run(tmp_path / "again", "advantage", 0, 93.0, 50, 10.0, 5.0, epochs=2)
     with pytest.raises(UserError, match="same experiment with the same seed 0"):
         report([short, again])
+
+
+def test_curves_against_iterations(runs, tmp_path):
+    from oneshot.report import median_curve, load_run
+
+    loaded = [load_run(r) for r in runs[:2]]
+    by_step = median_curve(loaded, "iterations")
+    assert by_step["iterations"][0] == 0 and by_step["iterations"][-1] == 10.0
+    assert by_step["median_cifar10"][-1] == 80.0          # median of 90 and 70 at step 10
+    report(runs, str(tmp_path / "out"), x="iterations")
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0

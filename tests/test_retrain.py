@@ -269,10 +269,10 @@ def test_resume_after_an_interruption_gives_the_identical_result(tmp_path):
     config = retrain_preset("smoke", "enas_micro", epochs=3, batch_size=16, n_train=48)   # 3 steps per epoch
     whole = train(space, arch, images, config, CPU, progress=False, folder=RetrainFolder(tmp_path / "a", {}))
     first = RetrainFolder(tmp_path / "b", {})
-    assert train(space, arch, images, config, CPU, progress=False, folder=first, stop_after=5) is None
+    assert train(space, arch, images, config, CPU, progress=False, folder=first, stop_after=7) is None
     first.close()
     resumed = RetrainFolder(tmp_path / "b", {}, resume=True)
-    assert resumed.resumed_state["step"] == 3                 # the end of epoch 1
+    assert resumed.resumed_state["step"] == 6                 # the end of epoch 2 (drop-path 0.1 drew numbers)
     again = train(space, arch, images, config, CPU, progress=False, folder=resumed)
     assert again["steps"] == whole["steps"] == 9 and again["test_accuracy"] == whole["test_accuracy"]
     a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["model"] for run in ("a", "b"))
