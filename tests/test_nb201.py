@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from oneshot.benchmarks.nb201 import load_table, lookup
+from oneshot.tabular.nb201 import load_table, lookup
 from oneshot.errors import UserError
 from oneshot.spaces import create_space
 from oneshot.spaces.nb201 import child_from_supernet

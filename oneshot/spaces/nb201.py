@@ -72,7 +72,7 @@ class NB201Space(SearchSpace):
 
     def benchmark(self, arch: Sequence[int]) -> dict:
         """NB201 test accuracies and ranks of a cell (the tabular evaluator)."""
-        from ..benchmarks.nb201 import lookup
+        from ..tabular.nb201 import lookup
 
         return lookup(self.to_string(arch))
 
