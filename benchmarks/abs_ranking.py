@@ -32,7 +32,7 @@ import torch
 from scipy.stats import kendalltau
 
 from oneshot.angle import angles_of, initial_state, magnitudes_of
-from oneshot.benchmarks.nb201 import DATASETS, load_table
+from oneshot.tabular.nb201 import DATASETS, load_table
 from oneshot.cli import parse_assignments
 from oneshot.config import preset
 from oneshot.data import eval_batches, load_cifar10, split_train

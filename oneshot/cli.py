@@ -253,7 +253,7 @@ def cmd_shrink(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .benchmarks.nb201 import load_table
+    from .tabular.nb201 import load_table
     from .spaces import create_space
 
     if args.space != "nb201":

@@ -164,7 +164,7 @@ def _ground_truth(space: SearchSpace, archs: Sequence[Architecture]) -> np.ndarr
 
     if not isinstance(space, NB201Space):
         return None
-    from .benchmarks.nb201 import load_table
+    from .tabular.nb201 import load_table
 
     table = load_table()
     return table.accuracy[[table.index[space.to_string(a)] for a in archs], 0]
