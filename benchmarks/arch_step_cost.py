@@ -62,7 +62,7 @@ def main():
     times = {key: [] for key in steps}
     for _ in range(args.repeats):
         for key, step in steps.items():
-            times[key].append(timed(step, device))
+            times[key].append(timed(step, device, args.clock))
     median = {key: statistics.median(t) for key, t in times.items()}
     reference = median["advantage/arch"]
 

@@ -3,8 +3,14 @@
 Each process gets one thread (and, on CUDA, the NCCL backend), so on CPU the N-process run uses N cores for N
 times the global batch; the ratio of iteration times measures what the all-reduces and the shared sampling cost.
 Iteration time is taken from the run log (between the first and the last record), so start-up is excluded.
+The runs are interleaved (1 process, N processes, N processes of ``--compare-src``, again ...) and the median of
+each kind is taken, so a machine shared with other jobs slows every kind alike; the load average before each
+run is recorded beside it.
 
-    python benchmarks/distributed_overhead.py --data ../shared/data/cifar10 --nproc 2
+``--compare-src DIR`` also times a second copy of the library (say ``git archive HEAD oneshot | tar -x -C DIR``,
+the code before a change) under the same conditions: the before/after of one run.
+
+    python benchmarks/distributed_overhead.py --data ../shared/data/cifar10 --nproc 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def seconds_per_iteration(run_dir: Path) -> float:
@@ -26,11 +35,16 @@ def seconds_per_iteration(run_dir: Path) -> float:
     return (last["seconds"] - first["seconds"]) / (last["step"] - first["step"])
 
 
-def search(out: Path, args, nproc: int, batch: int) -> float:
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def search(out: Path, args, nproc: int, batch: int, source: Path) -> float:
+    """One search run with the library in ``source`` (``python -m oneshot`` from there imports that copy)."""
     settings = ["--set", f"batch_size={batch}", "--set", f"epochs={args.epochs}", "--set", "warmup_epochs=1",
-                "--set", "n_weight=4096", "--set", "n_arch=4096", "--set", "channels=16",
+                "--set", f"n_weight={args.images}", "--set", f"n_arch={args.images}", "--set", "channels=16",
                 "--set", "cells_per_stage=2", "--set", "log_every=8"]
-    cmd = ["oneshot", "search", "--preset", "smoke", "--strategy", "advantage", "--data", args.data,
+    cmd = ["oneshot", "search", "--preset", "smoke", "--strategy", "advantage", "--data", str(Path(args.data).resolve()),
            "--out", str(out), "--device", args.device, "--quiet", *settings]
     if nproc == 1:
         launcher = [sys.executable, "-m"]
@@ -40,8 +54,8 @@ def search(out: Path, args, nproc: int, batch: int) -> float:
             port = s.getsockname()[1]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                     "--master_addr", "127.0.0.1", "--master_port", str(port), "-m"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(launcher + cmd, env=env, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(source)}
+    subprocess.run(launcher + cmd, env=env, check=True, cwd=source)
     return seconds_per_iteration(out)
 
 
@@ -51,21 +65,40 @@ def main():
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--per-rank-batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=4096, help="n_weight = n_arch (per epoch)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--compare-src", default=None, help="another copy of the library to time the same way")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="benchmarks/results/distributed_overhead.json")
     args = parser.parse_args()
+    kinds = {"1 process": (1, REPO), f"{args.nproc} processes": (args.nproc, REPO)}
+    if args.compare_src:
+        kinds[f"{args.nproc} processes, {args.compare_src}"] = (args.nproc, Path(args.compare_src).resolve())
+    runs = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as tmp:
-        single = search(Path(tmp) / "one", args, 1, args.per_rank_batch)
-        multi = search(Path(tmp) / "many", args, args.nproc, args.per_rank_batch * args.nproc)
+        for repeat in range(args.repeats):
+            for index, (kind, (nproc, source)) in enumerate(kinds.items()):
+                load = load_average()
+                seconds = search(Path(tmp) / f"{repeat}-{index}", args, nproc, args.per_rank_batch * nproc, source)
+                runs[kind].append({"seconds_per_iteration": seconds, "load_before": load})
+                print(f"{kind}: {seconds:.3f} s/it (load {load:.2f})", flush=True)
+    median = {kind: statistics.median(r["seconds_per_iteration"] for r in rs) for kind, rs in runs.items()}
+    single = median["1 process"]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": args.device, "nproc": args.nproc,
         "per_rank_batch": args.per_rank_batch, "network": "NB201 C=16, 2 cells/stage",
-        "seconds_per_iteration": {"1 process": single, f"{args.nproc} processes": multi},
-        "overhead_ratio": multi / single,
+        "epochs": args.epochs, "images": args.images, "repeats": args.repeats,
+        "seconds_per_iteration": median,
+        "overhead_ratio": {kind: t / single for kind, t in median.items() if kind != "1 process"},
+        # ratios within one repeat (the runs of a repeat follow each other, so they share the machine's load)
+        "overhead_ratio_per_repeat": {kind: [r["seconds_per_iteration"] / s["seconds_per_iteration"]
+                                             for r, s in zip(rs, runs["1 process"])]
+                                      for kind, rs in runs.items() if kind != "1 process"},
+        "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("seconds_per_iteration", "overhead_ratio")}, indent=2))
 
 
 if __name__ == "__main__":

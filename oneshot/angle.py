@@ -5,13 +5,15 @@ the trained supernet and V0(a) the same vector at initialisation (θ0). A larger
 
 NB201 vector, as in the official ``exps/angle/weight_angle.py``:
 - head/tail: every *parameter* outside the cells: stem conv and stem BN affine, both residual reduction blocks
-  (convs and BN affine), classifier weight and bias. BN running statistics are buffers, not weights: left out.
-  (Our network has no ``lastact`` BN, so it has nothing to contribute.)
+  (convs and BN affine), the final ``lastact`` BN's affine weights (NB201's own network, ``op_style="nb201"``,
+  which ABS trains; the ``"advantage"`` network has no ``lastact``), classifier weight and bias: exactly the
+  official ``get_head_vector``/``get_fixed_cell_vector``/``get_tail_vector``. BN running statistics are
+  buffers, not weights: left out.
 - per cell and per path 0→3, 0→2→3, 0→1→2→3, 0→1→3, the concatenation of the path's op segments:
   conv ops give their conv weight only. The official ops have no conv bias; ours (``op_style="advantage"``)
   do, but a bias followed by BN is cancelled by the BN and gets no gradient, only weight decay, so it says
-  nothing about training and is left out. BN inside ops is affine-free here (and left out for "nb201" ops too,
-  as in the official code). ``none`` drops the whole path, ``skip_connect`` adds nothing, ``avg_pool_3x3`` adds
+  nothing about training and is left out. BN inside ops is affine-free in ABS's supernet (``op_bn_affine=False``,
+  as in the official code); where a network gives it affine weights they are left out too. ``none`` drops the whole path, ``skip_connect`` adds nothing, ``avg_pool_3x3`` adds
   a constant (C, 3, 3) block of 1/9, identical in V0 and V. An edge on several paths is repeated per path.
 
 Fast scoring: an NB201 architecture is shared by all cells, and every term of <V0,V>, |V0|², |V|² is a sum over

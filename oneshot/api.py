@@ -46,6 +46,9 @@ def search(config: SearchConfig, out: str | os.PathLike, *, task=None, space=Non
     else:
         space_obj = space
     strategies.create(config.strategy, space_obj, **config.strategy_options)  # bad names and values, now
+    # stored typed (``baseline=False`` as false, not the string), so that a later --resume compares like with like
+    config = config.replace(strategy_options={
+        **config.strategy_options, **strategies.coerce_hyperparameters(config.strategy, config.strategy_options)})
     if shrink not in (None, "abs"):
         raise UserError(f"unknown shrinking {shrink!r}; use abs")
     group, device = from_environment(resolve_device(config.device))  # one process unless launched by torchrun

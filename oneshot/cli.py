@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -216,9 +217,21 @@ def search_config(args):
 def cmd_search(args) -> int:
     from .api import search
 
+    from .runs import RunFolder
+
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pass one of them")
     config = search_config(args)
     out = args.out or f"runs/{config.space}-{config.strategy}-{config.preset}-s{config.seed}"
-    result = search(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+    resume = args.resume
+    if resume and not RunFolder.holds_run(out):
+        named = [args.config, args.preset, args.data, args.task, args.space, args.strategy, args.seed, args.set,
+                 args.hp, args.space_option, args.task_option]
+        if not any(v is not None for v in named):
+            raise UserError(f"nothing to resume in {out}; give the run's settings (e.g. --preset, --data) to start it, "
+                            "or drop --resume")
+        resume = False  # a retry loop's first try, or a kill before anything was written: start the run
+    result = search(config, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet,
                     shrink=args.shrink, space_from=args.space_from)
     if result is None:
         return 0
@@ -239,10 +252,19 @@ def cmd_shrink(args) -> int:
 
     config = preset(args.preset, space=args.space, strategy="random", seed=args.seed,
                     space_options=parse_assignments(args.space_option, "--space-option"),
-                    **parse_assignments(args.set, "--set"))
+                    **parse_assignments(args.set, "--set")).validated()
     out = args.out or f"runs/{config.space}-abs-{args.preset}-s{config.seed}"
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
+    if args.drop is not None:  # before minutes of training, not after
+        from .shrinking import scored_decisions
+        from .spaces import create_space
+
+        space = create_space(config.space, **config.space_options)
+        most = sum(space.decisions[i].size - 1 for i in scored_decisions(space))
+        if not 1 <= args.drop <= most:
+            raise UserError(f"--drop must lie between 1 and {most} (every decision of {config.space} keeps one "
+                            f"operator), got {args.drop}")
     data = load_cifar10(args.data)
     space = abs_shrink(config, data, out, resolve_device(args.device), n_drop=args.drop, resume=args.resume,
                        overwrite=args.overwrite, progress=not args.quiet)
@@ -278,6 +300,10 @@ def cmd_evaluate(args) -> int:
 def cmd_toy(args) -> int:
     from .toy import run_toy
 
+    if args.trials < 1 or args.iterations < 1:
+        raise UserError(f"--trials and --iterations must be at least 1, got {args.trials} and {args.iterations}")
+    if not 0 <= args.seed < 2**32 // 1000:  # trial t seeds its generators with 1000 * seed + t
+        raise UserError(f"--seed must lie between 0 and {2**32 // 1000 - 1}, got {args.seed}")
     result = run_toy(trials=args.trials, iterations=args.iterations, methods=args.methods, out_dir=args.out,
                      seed=args.seed, progress=not args.quiet)
     print(f"{'method':<18} {'median iters to teacher':>24} {'trials found':>13} {'final loss x100':>16}")
@@ -292,6 +318,10 @@ def cmd_toy(args) -> int:
 def cmd_asng_toy(args) -> int:
     from .asng_toy import DELTAS, run_asng_toy
 
+    if args.seeds < 1 or args.max_iter < 1:
+        raise UserError(f"--seeds and --max-iter must be at least 1, got {args.seeds} and {args.max_iter}")
+    if args.deltas is not None and not all(math.isfinite(d) and d > 0 for d in args.deltas):
+        raise UserError(f"--deltas must be positive numbers, got {' '.join(map(str, args.deltas))}")
     record = run_asng_toy(deltas=args.deltas or DELTAS, seeds=tuple(range(args.seeds)), max_iter=args.max_iter,
                           out_dir=args.out, progress=not args.quiet)
     print(record["table"])
@@ -305,6 +335,9 @@ def cmd_inpaint(args) -> int:
     from .tasks.inpainting import inpainting
     from .trainer import resolve_device
 
+    for flag, value in (("--channel-scale", args.channel_scale), ("--retrain-seconds", args.retrain_seconds)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} must be a positive number, got {value}")
     device = resolve_device(args.device)
     space = InpaintingSpace(args.encoding, layers=args.layers, channel_scale=args.channel_scale)
     task = inpainting(data=args.data, mask=args.mask, test_images=args.test_images)
@@ -333,9 +366,11 @@ def cmd_retrain(args) -> int:
                      preset=args.preset, changes=parse_assignments(args.set, "--set"), out=args.out,
                      device=args.device, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     metric = record["task"]["metric"]
-    scores = [f"{split} {metric} " + (f"{100 * score[metric]:.2f} %" if metric == "accuracy" else f"{score[metric]:.2f}")
-              for split, score in record["scores"].items()]
-    size = f"params {record['parameters'] / 1e6:.2f} M" + (f"  FLOPs {record['flops'] / 1e6:.0f} M" if record["flops"] else "")
+    scores = [f"{split} {metric} " + (f"{100 * s[metric]:.2f} %" if metric == "accuracy" else f"{s[metric]:.2f}")
+              for split, s in record["scores"].items()]
+    size = f"params {record['parameters'] / 1e6:.2f} M"
+    if record["flops"]:
+        size += f"  FLOPs {record['flops'] / 1e6:.0f} M"
     written = record.get("summary") or f"{record['out']}/result.json"
     print(f"{'  '.join(scores)}  {size}  [{record['train_seconds']:.0f} s]  -> {written}")
     return 0

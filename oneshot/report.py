@@ -29,13 +29,20 @@ def load_run(path: str | Path) -> dict:
         hint = ("it has not finished; continue it with 'oneshot search --resume --out {0}'"
                 if (path / "checkpoint.pt").exists() else "is it a run folder?")
         raise UserError(f"{path} has no result.json; {hint.format(path)}")
-    try:
-        result = json.loads((path / "result.json").read_text())
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-        log = path / "log.jsonl"
-        records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
-    except ValueError as e:
-        raise UserError(f"{path} holds a corrupt JSON file ({e}); rerun that search with --overwrite") from None
+
+    def read(name: str, lines: bool = False):
+        file = path / name
+        try:
+            text = file.read_text()
+            return [json.loads(line) for line in text.splitlines() if line] if lines else json.loads(text)
+        except ValueError as e:  # --resume rewrites result.json and drops broken log lines; not config.json
+            fix = ("rerun that search with --overwrite" if name == "config.json" else
+                   f"'oneshot search --resume --out {path}' writes it again from the run's checkpoint")
+            raise UserError(f"{file} is corrupt ({e}); {fix}") from None
+
+    result = read("result.json")
+    config = read("config.json") if (path / "config.json").exists() else {}
+    records = read("log.jsonl", lines=True) if (path / "log.jsonl").exists() else []
     return {"path": str(path), "config": config, "result": result, "records": records}
 
 

@@ -15,22 +15,26 @@ returns that fixed tensor). Any other child's output goes to the task as it is, 
 ``(logits, hidden)`` is the task's business, never mistaken for an auxiliary head. The head is built only when
 ``aux_weight > 0`` and never counts in ``parameters``.
 
-Presets (``paper``: the published protocol, for a GPU; ``cpu``: a reduction for 2 CPU cores, measured times in
-the README; ``smoke``: seconds, proves the plumbing):
+Presets (``paper``: the published protocol, for a GPU; ``cpu``: a reduction for 2 CPU cores; ``smoke``: seconds,
+proves the plumbing). The cpu times are CPU seconds of ONE core (torch on one thread), measured on this project's
+2-core machine; two idle cores are about 1.6x faster on the convolutional spaces.
 
 - nb201: NB201's own training (AutoDL-Projects ``configs/nas-benchmark/hyper-opts/200E.config``): TinyNetwork
   C=16, N=5 (``op_style="nb201"``, affine BN), 200 epochs, batch 256, Nesterov SGD momentum 0.9, lr 0.1 cosine,
-  wd 5e-4, no clipping, crop + flip, no cutout. cpu: C=16, N=1, 10k images, 10 epochs, batch 128.
+  wd 5e-4, no clipping, crop + flip, no cutout. cpu: C=16, N=1, 10k images, 10 epochs, batch 128: 21 s per
+  epoch, 4 minutes with the test.
 - enas_micro: ASNG-NAS (spec asng.md §3): 20 cells at the widest C with at most 4.0 M parameters
   (``channels=0``), 600 epochs, batch 80, SGD momentum 0.9 lr 0.025, wd 3e-4, clip 5, cutout 16, aux 0.4,
-  drop-path to 0.3. cpu: 8 cells at C=16, 10k images, 10 epochs, batch 64 (as before this loop existed).
+  drop-path to 0.3. cpu (as before this loop existed): 8 cells at C=16, 10k images, 10 epochs, batch 64: 183 s
+  per epoch for a random cell on one core; the cell of results/enas-cpu took 20 minutes in all on two cores.
 - darts: SNAS / DARTS evaluation (spec snas.md §4): 20 cells, C=36, batch 96, 600 epochs, SGD momentum 0.9
   lr 0.025 cosine, wd 3e-4, clip 5, cutout 16, aux 0.4, drop-path to 0.2, pools with BN. cpu: 8 cells at C=16,
-  10k images, 8 epochs, batch 64 (sized to finish in under 30 minutes on 2 cores).
+  10k images, 8 epochs, batch 64: 180 s per epoch (SNAS moderate), 25 minutes with the test on one core.
 - rnn: AdvantageNAS PTB retraining (spec advantagenas.md §3, official ``ptb/custom.py``): hidden = embedding =
   300, dropout 0.5/0.5, 100 epochs, batch 256, BPTT 35, plain SGD lr 20 cosine, clip 0.25, no weight decay;
   valid and test perplexity at batch 1 from a reset state. cpu: the same network, batch 32, 15 epochs, on the PTB
-  fallback data (``fallback=true``: 90 % of ptb.valid.txt trains; the note goes into result.json).
+  fallback data (``fallback=true``: 90 % of ptb.valid.txt trains; the note goes into result.json): 27 s per
+  epoch, 7 minutes with valid and test.
 - any other space: nb201's training settings, and ``child_options`` for its ``build_child``.
 """
 
@@ -353,7 +357,15 @@ class Retraining:
     def evaluate(self, split: str) -> dict:
         self.model.eval()
         size = {"batch_size": self.config.eval_batch_size} if self.config.eval_batch_size else {}
-        return self.task.evaluate(self.forward, split, self.device, **size)
+        batch = self.config.eval_batch_size or getattr(self.task, "eval_batch_size", None)
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu" and batch == 1:
+            # PTB's batch-1 steps are too small to split: a second thread only waits (9x slower on a busy 2-core box)
+            torch.set_num_threads(1)
+        try:
+            return self.task.evaluate(self.forward, split, self.device, **size)
+        finally:
+            torch.set_num_threads(threads)
 
     def finish(self) -> dict:
         from .trainer import versions
@@ -441,8 +453,9 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         raise UserError(f"{folder} is not a folder; pass the folder of a finished 'oneshot search'")
     result = _read_json(folder / "result.json", "finished search")
     config = _read_json(folder / "config.json", "search settings")
-    checks = (("architecture", result, str, False), ("space", config, str, False), ("space_options", config, dict, True),
-              ("task", config, str, True), ("task_options", config, dict, True), ("data", config, str, True))
+    checks = (("architecture", result, str, False), ("space", config, str, False),
+              ("space_options", config, dict, True), ("task", config, str, True),
+              ("task_options", config, dict, True), ("data", config, str, True))
     for key, source, kind, optional in checks:
         value = source.get(key)
         if not (isinstance(value, kind) or (optional and value is None)):
@@ -486,6 +499,7 @@ def retrain(arch: str | None = None, *, run: str | None = None, space: str | Non
         raise UserError("give a search folder or --arch, not both")
     if arch is not None and Path(arch).is_dir():
         arch, run = None, arch
+    searched_task_options: dict = {}
     if run is not None:
         source = read_run(run)
         if space is not None and space != source["space"]:
@@ -493,7 +507,7 @@ def retrain(arch: str | None = None, *, run: str | None = None, space: str | Non
         space = source["space"]
         space_options = {**source["space_options"], **(space_options or {})}
         task, data = task or source["task"], data if data is not None else source["data"]
-        task_options = {**source["task_options"], **(task_options or {})}
+        searched_task_options = source["task_options"]
         arch = source["architecture"]
     elif arch is None:
         raise UserError("nothing to retrain: pass a search folder, or --space and --arch")
@@ -503,7 +517,8 @@ def retrain(arch: str | None = None, *, run: str | None = None, space: str | Non
     arch_tuple = parse_arch(space_obj, arch)
     config = retrain_preset(preset, space, **(changes or {})).validated()
     task = task or ("ptb" if space == "rnn" else "cifar10")
-    task_options = {**(task_options or {}), **config.task_options}
+    # the search's task options, then the preset's (rnn cpu: fallback), then the user's
+    task_options = {**searched_task_options, **config.task_options, **(task_options or {})}
     if out is None:
         out = os.path.join(run, f"retrain-{preset}") if run else f"runs/retrain-{space}-{preset}-s{config.seed}"
     if not resume and not overwrite and RunFolder.holds_run(out):

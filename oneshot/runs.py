@@ -40,7 +40,7 @@ except ImportError:  # not POSIX: runs are not locked
 
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint.pt", "result.json", "search.png")
 # What an --overwrite moves aside: the run's files, what ABS and 'retrain' write beside them, and temporaries.
-RUN_ENTRIES = RUN_FILES + ("theta0.pt", "shrink.json", "retrain*.json", "tensorboard")
+RUN_ENTRIES = RUN_FILES + ("theta0.pt", "shrink.json", "retrain*.json", "retrain-*", "tensorboard")
 LOCK = ".oneshot.lock"
 ASIDE = ".previous-run"  # the replaced run, until the new one has a checkpoint
 MOVING = ".previous-run.partial"  # files on their way into or out of ASIDE: all of them belong to the old run
@@ -518,7 +518,9 @@ class RunFolder:
             ax_entropy.plot(*zip(*entropy), lw=1)
         ax_entropy.set(xlabel="iteration", ylabel="mean entropy of θ per decision (nats)", title="θ's certainty")
         ax_entropy.ticklabel_format(axis="y", useOffset=False)
-        ax_loss.plot([r["step"] for r in records], [r["weight_loss"] for r in records], label="weight step (train)")
+        weight = [(r["step"], r["weight_loss"]) for r in records if "weight_loss" in r]
+        if weight:
+            ax_loss.plot(*zip(*weight), label="weight step (train)")
         arch = [(r["step"], r["arch_loss"]) for r in records if "arch_loss" in r]
         if arch:
             ax_loss.plot(*zip(*arch), label="arch step")

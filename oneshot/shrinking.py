@@ -176,7 +176,7 @@ def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop
     of the space by its angle, drop ``n_drop`` operators (default 2/3 of them), write ``shrink.json`` into
     ``out_dir`` and return the shrunk space (``load_shrunk_space(out_dir)`` gives it back later)."""
     from .angle import angles_of, check_space, initial_state
-    from .runs import RunFolder
+    from .runs import RunFolder, atomic_write
     from .spaces import create_space
     from .trainer import Search
 
@@ -184,52 +184,55 @@ def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop
     config = config.replace(strategy="random", strategy_options=keep)
     check_space(create_space(config.space, **config.space_options))  # before hours of training, not after
     out = Path(out_dir)
-    folder = RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite)
-    search = Search(config, data, torch.device(device))
-    theta0_file = out / "theta0.pt"
-    (out / "shrink.json").unlink(missing_ok=True)  # a stale result must not outlive a new run
-    if folder.resumed_state is not None:
-        if not theta0_file.exists():
-            raise UserError(f"{theta0_file} is missing: ABS needs the initial weights; start again with --overwrite")
-        theta0 = torch.load(theta0_file, map_location="cpu", weights_only=True)
-        search.load_state_dict(folder.resumed_state)
-    else:
-        theta0 = initial_state(search.model)  # the weights at initialisation, before any step
-        torch.save(theta0, theta0_file)
-    search.run(folder, progress=progress)
+    # Under the folder's lock for the whole run, shrink.json included; an error before the first checkpoint (a
+    # setting the data cannot meet, say) puts back the run that --overwrite replaced, byte for byte.
+    with RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite) as folder:
+        search = Search(config, data, torch.device(device))
+        theta0_file = out / "theta0.pt"
+        (out / "shrink.json").unlink(missing_ok=True)  # a stale result must not outlive a new run
+        if folder.resumed_state is not None:
+            if not theta0_file.exists():
+                raise UserError(f"{theta0_file} is missing: ABS needs the initial weights; start again with "
+                                "--overwrite")
+            theta0 = torch.load(theta0_file, map_location="cpu", weights_only=True)
+            folder.restore(search.load_state_dict)  # a state that does not fit: one line
+        else:
+            theta0 = initial_state(search.model)  # the weights at initialisation, before any step
+            atomic_write(theta0_file, lambda handle: torch.save(theta0, handle))
+        search.run(folder, progress=progress)
 
-    space = search.space
-    start = time.perf_counter()
-    archs = candidate_archs(space)
-    angles = angles_of(space, theta0, search.model.state_dict(), archs)
-    seconds = time.perf_counter() - start
-    scores = operator_scores(space, archs, angles)
-    n_drop = default_drop(space) if n_drop is None else n_drop
-    dropped = select_drops(space, scores, n_drop)
-    shrunk = without(space, dropped)
+        space = search.space
+        start = time.perf_counter()
+        archs = candidate_archs(space)
+        angles = angles_of(space, theta0, search.model.state_dict(), archs)
+        seconds = time.perf_counter() - start
+        scores = operator_scores(space, archs, angles)
+        n_drop = default_drop(space) if n_drop is None else n_drop
+        dropped = select_drops(space, scores, n_drop)
+        shrunk = without(space, dropped)
 
-    gt_rank = {}
-    accuracy = _ground_truth(space, archs)
-    if accuracy is not None:  # rank of each operator by the mean true accuracy of its children (1 = best)
-        a = np.asarray(archs)
-        position = {d.name: i for i, d in enumerate(space.decisions)}
-        truth = {op: accuracy[a[:, position[op[0]]] == space.decisions[position[op[0]]].choices.index(op[1])].mean()
-                 for op in scores}
-        gt_rank = {op: r + 1 for r, op in enumerate(sorted(truth, key=lambda op: -truth[op]))}
-    record = {
-        "space": config.space, "space_options": config.space_options, "seed": config.seed,
-        "size_before": space.size, "size_after": shrunk.size, "children_scored": len(archs),
-        "angle_seconds": round(seconds, 3), "n_drop": n_drop,
-        "kept": {d.name: list(d.choices) for d in shrunk.decisions if isinstance(d, Categorical)},
-        "scores": {d.name: {c: scores[(d.name, c)] for c in d.choices if (d.name, c) in scores}
-                   for d in space.decisions},
-        "dropped": [{"decision": op[0], "op": op[1], "score": scores[op],
-                     **({"gt_rank": gt_rank[op]} if gt_rank else {})} for op in dropped],
-    }
-    if gt_rank:
-        record["gt_rank"] = {d.name: {c: gt_rank[(d.name, c)] for c in d.choices if (d.name, c) in gt_rank}
-                             for d in space.decisions}
-    (out / "shrink.json").write_text(json.dumps(record, indent=2))
+        gt_rank = {}
+        accuracy = _ground_truth(space, archs)
+        if accuracy is not None:  # rank of each operator by the mean true accuracy of its children (1 = best)
+            a = np.asarray(archs)
+            position = {d.name: i for i, d in enumerate(space.decisions)}
+            truth = {op: accuracy[a[:, position[op[0]]] == space.decisions[position[op[0]]].choices.index(op[1])].mean()
+                     for op in scores}
+            gt_rank = {op: r + 1 for r, op in enumerate(sorted(truth, key=lambda op: -truth[op]))}
+        record = {
+            "space": config.space, "space_options": config.space_options, "seed": config.seed,
+            "size_before": space.size, "size_after": shrunk.size, "children_scored": len(archs),
+            "angle_seconds": round(seconds, 3), "n_drop": n_drop,
+            "kept": {d.name: list(d.choices) for d in shrunk.decisions if isinstance(d, Categorical)},
+            "scores": {d.name: {c: scores[(d.name, c)] for c in d.choices if (d.name, c) in scores}
+                       for d in space.decisions},
+            "dropped": [{"decision": op[0], "op": op[1], "score": scores[op],
+                         **({"gt_rank": gt_rank[op]} if gt_rank else {})} for op in dropped],
+        }
+        if gt_rank:
+            record["gt_rank"] = {d.name: {c: gt_rank[(d.name, c)] for c in d.choices if (d.name, c) in gt_rank}
+                                 for d in space.decisions}
+        atomic_write(out / "shrink.json", json.dumps(record, indent=2).encode())  # a kill leaves no half file
     return shrunk
 
 

@@ -7,6 +7,18 @@ Multiplying by the gate is what makes autograd return ``dL/dgate[k] = <dL/de, op
 
 ``active`` is a host-side list computed once per step by the strategy: reading sampled indices back from the
 device inside the forward would cost a synchronisation per edge.
+
+What keeps a step near the cost of the networks it stands for (``benchmarks/step_cost.py``):
+
+- one-hot gates (``unit_gates``): ``UnitGate`` returns the op's output itself, the only extra work is the dot
+  product ``dL/dgate = <dL/dout, y>`` in backward;
+- several ops weighted by real gates (dense, or a few sampled ops): ``WeightedSum`` is one autograd node per
+  edge instead of a select, a multiplication and an addition per op, and takes ``dL/dgate[k]`` as one dot
+  product instead of materialising ``dL/dout * y_k`` and summing it;
+- ``none`` (an op marked ``is_zero``, or a class named ``Zero``) never runs beside other ops: its output is 0,
+  so it adds nothing to the sum and its gate's gradient ``<dL/dout, 0>`` is 0;
+- ops that begin with the same ReLU of the edge's input (an ``nn.Sequential`` whose first module is
+  ``nn.ReLU``) share one ReLU when several of them run.
 """
 
 from __future__ import annotations
@@ -52,24 +64,91 @@ class InactiveGates(torch.autograd.Function):
         return grad_out, grad_out.sum() * inactive, None
 
 
+class WeightedSum(torch.autograd.Function):
+    """``sum_k gate[ks[k]] * ys[k]`` as one autograd node: the forward multiplies and adds in the order of ``ks``
+    (the values of the per-op expression), the backward gives ``dL/dy_k = gate * dL/dout`` and
+    ``dL/dgate = <dL/dout, y_k>`` as a dot product (no activation-sized temporary)."""
+
+    @staticmethod
+    def forward(ctx, gate, ks, *ys):
+        ctx.ks = ks
+        ctx.save_for_backward(gate, *ys)
+        out = None
+        for k, y in zip(ks, ys):
+            scaled = gate[k] * y
+            out = scaled if out is None else out.add_(scaled)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gate, *ys = ctx.saved_tensors
+        grad_gate = None
+        if ctx.needs_input_grad[0]:
+            flat = grad_out.reshape(-1)
+            grad_gate = torch.zeros_like(gate)
+            for k, y in zip(ctx.ks, ys):
+                grad_gate[k] = torch.dot(flat, y.reshape(-1))
+        grad_ys = [grad_out * gate[k] if needs else None for k, needs in zip(ctx.ks, ctx.needs_input_grad[2:])]
+        return (grad_gate, None, *grad_ys)
+
+
+def is_zero_op(op: nn.Module) -> bool:
+    """``none``: an op whose output is always 0 (``is_zero = True``, or a class named ``Zero`` as the spaces
+    define it)."""
+    return bool(getattr(op, "is_zero", False)) or type(op).__name__ == "Zero"
+
+
+def leading_relu(op: nn.Module) -> bool:
+    """An ``nn.Sequential`` that starts with a (not in-place) ``nn.ReLU``: DARTS's conv ops."""
+    return isinstance(op, nn.Sequential) and len(op) > 1 and type(op[0]) is nn.ReLU and not op[0].inplace
+
+
 class MixedOp(nn.Module):
     def __init__(self, ops: Sequence[nn.Module]):
         super().__init__()
         self.ops = nn.ModuleList(ops)
+        self.zero = [is_zero_op(op) for op in self.ops]
+        self.relu_first = [leading_relu(op) for op in self.ops]
+
+    def _running(self, active) -> list[int]:
+        """The ops to compute: ``active`` (all if None) without the ``none`` ops when anything else runs."""
+        ks = range(len(self.ops)) if active is None else active
+        if len(ks) > 1 and any(self.zero[k] for k in ks):
+            nonzero = [k for k in ks if not self.zero[k]]
+            ks = nonzero or ks[:1]
+        return list(ks)
+
+    def _outputs(self, x: torch.Tensor, ks: list[int]) -> list[torch.Tensor]:
+        """Each op's output; ops that begin with a ReLU of ``x`` share one when several run."""
+        shared = sum(self.relu_first[k] for k in ks) > 1
+        relu_x = torch.relu(x) if shared else None
+        outputs = []
+        for k in ks:
+            op = self.ops[k]
+            if shared and self.relu_first[k]:
+                y = relu_x
+                for module in list(op)[1:]:
+                    y = module(y)
+            else:
+                y = op(x)
+            outputs.append(y)
+        return outputs
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None, active: Sequence[int] | None,
                 unit_gates: bool = False, inactive_grad: bool = False) -> torch.Tensor:
         """``gate``: (K,) weights or None (run ``active`` unscaled); ``active``: op indices or None (all);
         ``unit_gates``: the caller guarantees that the active gates equal 1 (one-hot samples);
         ``inactive_grad``: also give the ops that did not run the gradient ``sum(dL/dout)`` (GDAS)."""
-        if active is None:
-            active = range(len(self.ops))
-        out = None
-        for k in active:
-            y = self.ops[k](x)
-            if gate is not None:
-                y = UnitGate.apply(y, gate[k]) if unit_gates else gate[k] * y
-            out = y if out is None else out + y
+        ks = self._running(active)
+        ys = self._outputs(x, ks)
+        if gate is not None and not unit_gates:
+            out = WeightedSum.apply(gate, ks, *ys)
+        else:
+            out = None
+            for k, y in zip(ks, ys):
+                if gate is not None:
+                    y = UnitGate.apply(y, gate[k])
+                out = y if out is None else out + y
         if inactive_grad and gate is not None and gate.requires_grad:
             # one-hot samples: the ops that did not run are those whose gate is 0 (no host-to-device index copy)
             out = InactiveGates.apply(out, gate, (gate.detach() == 0).to(gate.dtype))

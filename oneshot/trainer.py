@@ -14,6 +14,7 @@ import contextlib
 import functools
 import math
 import random
+import sys
 import time
 
 import numpy as np
@@ -227,14 +228,16 @@ class Search:
             loss_sum = torch.zeros((), device=self.device)
             for chunk in chunks:
                 loss, objective = self.sample_loss(sample, gates, chunk, total * n)
-                objective.backward()
+                # across ranks, the step's last backward sums the weight gradients while it runs
+                self.group.backward(objective, self.model, last=sample is samples[-1] and chunk is chunks[-1])
                 loss_sum += loss.detach()
             losses.append(loss_sum * n)
             if single_level:
                 gate_grads.append(gates.grad * n)  # dL/dgate of this sample's own mean loss
+        self.group.sum_gradients_(self.model)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grads = [p.grad for p in params]
-        self.group.sum_(losses + grads + gate_grads)
+        self.group.sum_(losses + gate_grads)
         values = [self.checked(loss) for loss in losses]
         with torch.no_grad():
             torch._foreach_add_(grads, params, alpha=self.config.w_weight_decay)
@@ -251,8 +254,10 @@ class Search:
     def checked(self, loss: torch.Tensor) -> float:
         value = loss.item()
         if not math.isfinite(value):
-            raise UserError(f"the loss became {value} at iteration {self.step}; lower the learning rates "
-                            "(--set w_lr=... a_lr=...) and resume from the last good checkpoint with --resume")
+            # --resume refuses changed settings, so the advice that works is a new run with lower rates
+            raise UserError(f"the loss became {value} at iteration {self.step} (the last good checkpoint is kept); "
+                            "start again with lower learning rates (--set w_lr=... --set a_lr=...) and --overwrite "
+                            "or another --out")
         return value
 
     def epoch_in_search(self) -> int:
@@ -334,6 +339,8 @@ class Search:
         from tqdm.auto import tqdm
 
         config = self.config
+        if self.task.protocol_note and self.group.is_main:  # also with --quiet: no number may be mistaken
+            tqdm.write(f"note: {self.task.protocol_note}", file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and self.group.is_main), unit="it",
                    desc=f"{config.strategy} on {config.space}", dynamic_ncols=True)
         losses = self.pending_losses

@@ -205,3 +205,29 @@ def test_abs_shrink_writes_a_loadable_space(tmp_path, synthetic_cifar):
     assert [d.choices for d in loaded.decisions] == [d.choices for d in shrunk.decisions]
     with pytest.raises(UserError, match="space-from"):
         load_shrunk_space(tmp_path / "nothing")
+
+
+def test_nb201_network_vector_holds_lastact_and_fast_equals_reference():
+    """NB201's own network (op_style nb201, as ABS trains it) ends with lastact's BN: its affine weights join the
+    head/tail exactly as the official get_head/fixed_cell/tail_vector list them, and fast == explicit vectors."""
+    torch.manual_seed(0)
+    space = create_space("nb201", ops=5)
+    model = space.build_supernet(channels=2, cells_per_stage=1, op_style="nb201", op_bn_affine=False)
+    theta0 = initial_state(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    state = model.state_dict()
+    block = ("body.1.weight", "body.2.weight", "body.2.bias", "body.4.weight", "body.5.weight", "body.5.bias",
+             "shortcut.1.weight")  # conv_a conv + BN, conv_b conv + BN, downsample conv
+    official = (["stem.0.weight", "stem.1.weight", "stem.1.bias"] + [f"layers.{r}.{k}" for r in (1, 3) for k in block]
+                + ["lastact.0.weight", "lastact.0.bias", "classifier.weight", "classifier.bias"])
+    all_none = space.from_string("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+    head = child_vector(space, state, all_none)
+    assert len(head) == HEAD + 2 * 8  # lastact BN: weight and bias of the 8 final channels
+    assert torch.equal(head, torch.cat([state[k].flatten().double() for k in official]))
+    g = torch.Generator().manual_seed(2)
+    archs = [space.sample(g) for _ in range(20)] + [all_none, (2, 0, 3, 3, 0, 4)]
+    fast = angles_of(space, theta0, state, archs)
+    ref = [angle(child_vector(space, theta0, a), child_vector(space, state, a)) for a in archs]
+    assert fast.tolist() == pytest.approx(ref, abs=1e-10)

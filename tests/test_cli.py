@@ -107,11 +107,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(capsys, tmp_path, cif
     out = tmp_path / "run"
     code, _, err = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--quiet",
                        "--set", "w_lr=1e30", "--set", "w_grad_clip=1e30", "--set", "checkpoint_every=1")
-    assert code == 2 and "the loss became" in one_error_line(err) and "--resume" in err
+    assert code == 2 and "the loss became" in one_error_line(err) and "--overwrite" in err and "--set w_lr" in err
     import torch
 
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    # the advice works when followed: lower rates and --overwrite
+    code, _, _ = run(capsys, "search", "--preset", "smoke", "--data", cifar_path, "--out", str(out), "--quiet",
+                     "--set", "checkpoint_every=1", "--overwrite")
+    assert code == 0 and (out / "result.json").exists()
 
 
 def test_resume_with_other_settings_is_refused(capsys, tmp_path, cifar_path):

@@ -300,3 +300,17 @@ def test_retraining_lowers_the_error_and_baseline_runs():
     assert longer["iterations"] == 60 and longer["psnr"] > short["psnr"]
     with pytest.raises(UserError, match="exactly one budget"):
         train_and_evaluate(s, s.baseline(), x, x, iterations=1, seconds=1.0)
+
+
+def test_inpaint_command_end_to_end(capsys, tmp_path, tiny_pickles):
+    from oneshot.cli import main
+
+    argv = ["inpaint", "--data", tiny_pickles, "--layers", "2", "--iterations", "6", "--batch", "4",
+            "--retrain-seconds", "0.2", "--test-images", "8", "--device", "cpu", "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    assert "hand-designed" in capsys.readouterr().out
+    record = json.loads((tmp_path / "inpaint.json").read_text())
+    assert record["search"]["config"]["epochs"] == 6 and record["search"]["result"]["arch_steps"] == 6
+    assert record["searched"]["arch"] == record["search"]["result"]["architecture"]
+    assert math.isfinite(record["searched"]["psnr"]) and 0 < record["baseline"]["ssim"] < 1
+    assert main([*argv[:-3], "--mask", "box", "--quiet"]) == 2            # argparse's choices: one line, status 2

@@ -93,3 +93,10 @@ def test_help_shows_defaults_and_an_example(capsys):
         main(["search", "--help"])
     text = capsys.readouterr().out
     assert "default: cpu" in text and "default: advantage" in text and "Example: oneshot search" in text
+
+
+def test_a_retry_loop_with_resume_starts_a_run_that_never_began(tmp_path, tiny_pickles):
+    out = tmp_path / "never-started"   # e.g. killed before its folder existed: the same command with --resume
+    assert main(["search", "--resume", "--preset", "smoke", "--data", tiny_pickles, "--out", str(out), "--device",
+                 "cpu", "--quiet", *TINY]) == 0
+    assert (out / "result.json").exists()

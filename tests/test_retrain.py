@@ -13,7 +13,8 @@ from oneshot import tasks
 from oneshot.cli import main
 from oneshot.data import MEAN, STD, Batches, Cifar10
 from oneshot.errors import UserError
-from oneshot.retrain import RetrainConfig, RetrainFolder, Retraining, count_parameters, retrain_preset, train
+from oneshot.retrain import (RetrainConfig, RetrainFolder, Retraining, count_parameters, network_options,
+                             retrain_preset, train)
 from oneshot.spaces import create_space
 from oneshot.spaces.base import Categorical, SearchSpace
 
@@ -201,8 +202,8 @@ def test_optimiser_settings_and_gradient_clipping():
     run.train_step(next(run.stream))
     after = torch.cat([p.detach().flatten() for p in child.parameters()])
     assert (after - before).norm().item() == pytest.approx(0.01, rel=1e-4)
-    group = Retraining(OneChild(nn.Linear(1, 4)), (0,), stub_task(),
-                       RetrainConfig(batch_size=8, momentum=0.8, nesterov=True, weight_decay=0.03), CPU).optimizer.param_groups[0]
+    config = RetrainConfig(batch_size=8, momentum=0.8, nesterov=True, weight_decay=0.03)
+    group = Retraining(OneChild(nn.Linear(1, 4)), (0,), stub_task(), config, CPU).optimizer.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.8, True, 0.03)
 
 
@@ -232,6 +233,8 @@ def test_darts_child_learns_with_its_auxiliary_head(colours16):
     assert record["parameters"] == sum(p.numel() for p in child.parameters())
     assert record["flops"] == count_flops(child, (3, 16, 16))
     assert record["network"] == {"channels": 4, "cells": 3, "pool_bn": True, "auxiliary": True}
+    plain = network_options(space, arch, colours16, retrain_preset("smoke", "darts", aux_weight=0))
+    assert plain["auxiliary"] is False                         # no head to build when its loss weighs nothing
 
 
 def test_enas_child_with_the_widest_channels_under_a_budget():
@@ -306,10 +309,29 @@ def test_cli_retrains_a_search_folder(tmp_path, tiny_pickles, capsys):
     assert main(["retrain", str(run), "--preset", "smoke", "--set", "n_train=128", "--quiet", "--resume"]) == 0
 
 
+@pytest.mark.skipif(DARTSSpace is None, reason="the DARTS space is not importable")
+def test_cli_retrains_a_released_genotype_by_name(tmp_path, tiny_pickles):
+    out = tmp_path / "snas"
+    code = main(["retrain", "--space", "darts", "--arch", "SNAS_moderate", "--data", tiny_pickles, "--preset", "smoke",
+                 "--set", "n_train=64", "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 0
+    record = json.loads((out / "result.json").read_text())
+    space = DARTSSpace()
+    assert record["architecture"] == space.to_string(space.from_string("snas_moderate"))
+    assert record["flops"] > 0 and record["steps"] == 2 and record["network"]["cells"] == 3
+    # a search folder given as --arch
+    run = search_folder(tmp_path / "run", space="darts", architecture="darts_v2", data=tiny_pickles)
+    assert main(["retrain", "--arch", str(run), "--preset", "smoke", "--set", "n_train=32", "--quiet"]) == 0
+    assert json.loads((run / "retrain-smoke.json").read_text())["architecture"] == space.to_string(
+        space.from_string("darts_v2"))
+
+
 @pytest.mark.parametrize("make, args, message", [
     (None, ["--space", "nope", "--arch", "x"], "unknown space 'nope'"),
     (None, ["--space", "nb201", "--arch", "|conv~0|"], "not an NB201 architecture string"),
     (None, ["--space", "nb201", "--arch", "runs/typo"], "is no folder"),
+    pytest.param(None, ["--space", "darts", "--arch", "Genotype(normal=[('conv_9x9', 0)])"], "genotype lacks",
+                 marks=pytest.mark.skipif(DARTSSpace is None, reason="the DARTS space is not importable")),
     (None, ["--arch", "|skip_connect~0|"], "--arch needs --space"),
     (None, [], "nothing to retrain"),
     ("corrupt", ["--data", "/no/such/data"], "result.json is unreadable or corrupt"),
@@ -332,6 +354,17 @@ def test_cli_bad_inputs_are_one_line(tmp_path, capsys, make, args, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("oneshot: error: ")
+
+
+def test_cli_task_options_override_the_presets(tmp_path, capsys):
+    """The rnn presets read PTB with fallback=true; the user's --task-option has the last word."""
+    (tmp_path / "ptb.valid.txt").write_text("a b c\n" * 50)
+    (tmp_path / "ptb.test.txt").write_text("a b c\n" * 10)
+    args = ["retrain", "--space", "rnn", "--arch", "|tanh|relu,relu|relu,tanh,relu|", "--data", str(tmp_path),
+            "--preset", "smoke", "--out", str(tmp_path / "out"), "--quiet", "--set", "batch_size=4"]
+    assert main(args + ["--task-option", "fallback=false"]) == 2
+    assert "has no ptb.train.txt" in capsys.readouterr().err
+    assert main(args) == 0
 
 
 def test_retraining_on_real_cifar_beats_chance(cifar_path):

@@ -187,3 +187,18 @@ def test_toy_search_runs_through_the_trainer_and_resumes():
     assert folder.result["theta"] == whole.result["theta"]
     assert folder.result["architecture"] == whole.result["architecture"]
     assert [r["architecture"] for r in folder.records] == [r["architecture"] for r in whole.records]
+
+
+def test_toy_command_prints_the_table_and_refuses_bad_input(capsys, tmp_path):
+    from oneshot.cli import main
+
+    assert main(["toy", "--trials", "1", "--iterations", "20", "--methods", "advantage", "nasp", "--out",
+                 str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "AdvantageNAS" in out and "NASP" in out and "toy.json" in out
+    saved = json.loads((tmp_path / "toy.json").read_text())
+    assert saved["config"]["methods"] == ["advantage", "nasp"] and len(saved["curves_x100"]["nasp"][0]) == 3
+    for argv, fragment in ((["--methods", "nope"], "unknown strategy"), (["--iterations", "25"], "multiple of")):
+        assert main(["toy", "--trials", "1", "--out", str(tmp_path / "bad"), "--quiet", *argv]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and len(err.strip().splitlines()) == 1

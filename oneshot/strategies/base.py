@@ -113,6 +113,14 @@ class ThetaStrategy(Strategy):
         if not space.categorical:
             raise UserError(f"strategy {self.name!r} handles categorical decisions only; {space.name} has integers "
                             "(use asng)")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise UserError(f"strategy {self.name!r}: --hp weight_decay must be finite and not negative, got "
+                            f"{weight_decay}")
+        if not grad_clip > 0:
+            raise UserError(f"strategy {self.name!r}: --hp grad_clip must be positive (inf: no clipping), got "
+                            f"{grad_clip}")
+        if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+            raise UserError(f"strategy {self.name!r}: --hp betas must be two numbers in [0, 1), got {betas}")
         super().__init__(space, seed, device)
         lr = 3e-4 if lr is None else lr
         self.mask = space.choice_mask().to(self.device)
@@ -183,8 +191,7 @@ def create(name: str, space: SearchSpace, **hparams) -> Strategy:
         raise UserError(f"unknown strategy {name!r}; choose from {', '.join(sorted(_REGISTRY))} "
                         "(list them with 'oneshot strategies')")
     factory, _ = _REGISTRY[name]
-    given = {k: v for k, v in hparams.items() if k not in ("seed", "device", "lr")}
-    hparams = {**hparams, **coerce_hyperparameters(name, given)} if name in _CLASSES else hparams
+    hparams = coerce_hyperparameters(name, hparams) if name in _CLASSES else hparams
     try:
         return factory(space, **hparams)
     except TypeError as e:
@@ -223,6 +230,9 @@ def coerce_hyperparameters(name: str, options: dict) -> dict:
     known = hyperparameters(name)
     out = {}
     for key, value in options.items():
+        if key in ("seed", "device", "lr"):  # what every strategy takes; lr is the trainer's a_lr
+            out[key] = value
+            continue
         if key not in known:
             raise UserError(f"strategy {name!r} has no hyper-parameter {key!r}; it takes "
                             f"{', '.join(known) or 'none'} (see 'oneshot strategies --details')")

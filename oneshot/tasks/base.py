@@ -14,6 +14,7 @@ passes) and ``state_dict``/``load_state_dict``; ``data.Batches`` is the image on
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -136,7 +137,14 @@ def create(name: str, **options) -> Task:
     if name not in _REGISTRY:
         raise UserError(f"unknown task {name!r}; choose from {', '.join(sorted(_REGISTRY))} "
                         "(list them with 'oneshot tasks')")
-    return _REGISTRY[name][0](**options)
+    factory = _REGISTRY[name][0]
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as e:  # an option the task does not take: say so before any data is read
+        raise UserError(f"task {name!r}: bad --task-option ({e}); see its options in 'oneshot tasks'") from None
+    except ValueError:  # no signature to check (a builtin): the call decides
+        pass
+    return factory(**options)
 
 
 def available() -> dict[str, str]:
