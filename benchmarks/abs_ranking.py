@@ -20,12 +20,17 @@ sample only (they need forward passes):
 
 Our epoch k (k epochs trained) is the official checkpoint ``epoch-{k-1}``; Fig. 6's "epoch 2" is our epoch 3.
 
+``--old-zero-grad`` trains as the official code's torch (< 2.0) did: ``zero_grad`` zeroes gradients instead of
+dropping them, so every op sampled once gets weight decay and momentum steps at every later step too, sampled or
+not. Our engine drops them (an unsampled op does not move), which changes the early τ a lot (README).
+
 Resumable: everything lives in ``--work`` (default ``runs/abs_ranking{tag}``): per seed the engine's run folder
 (``run/``), the weights after every epoch (``weights/after-{k}.pt``, k = 0 the initialisation) and the scores
 so far (``epochs.json``, accuracies saved every few children); the same command continues where it stopped.
 
     python benchmarks/abs_ranking.py --data ../shared/data/cifar10 --preset abs-cpu --tag _abs_cpu --threads 1
-    python benchmarks/abs_ranking.py --data ... --preset abs --set epochs=10 --seeds 0 1 2 --device cuda --tag _abs_gpu
+    python benchmarks/abs_ranking.py --data ... --preset abs --until-epoch 10 --seeds 0 1 2 --device cuda --tag _abs_gpu
+    python benchmarks/abs_ranking.py --data ... --preset abs --until-epoch 6 --old-zero-grad --tag _abs_oldzerograd
     python benchmarks/abs_ranking.py --data ... --preset abs-cpu --set n_weight=256 n_arch=256 epochs=2 \\
         --archs 8 --val-images 64 --rebn-images 64 --tag _smoke      # plumbing check, about a minute
 Writes benchmarks/results/abs_ranking{tag}.json and .png.
@@ -255,8 +260,9 @@ def run_seed(args, seed: int, task, device, study, work: Path, publish) -> None:
                          f"{config.op_style}); use --preset abs or abs-cpu")
     progress_file = work / "epochs.json"
     epochs = load_json(progress_file, [])
-    wanted = [e for e in sorted(study["acc_epochs"]) if e <= config.epochs]
-    if len(epochs) >= config.epochs and all("all" in e for e in epochs) \
+    until = min(config.epochs, args.until_epoch or config.epochs)
+    wanted = [e for e in sorted(study["acc_epochs"]) if e <= until]
+    if len(epochs) >= until and all("all" in e for e in epochs[:until]) \
             and all("acc_with_rebn" in epochs[e - 1]["sample"] for e in wanted):
         return  # all done: nothing to train, so no run folder to open (nor to refuse a changed engine's config)
     run = SeedRun(args, config, task, device, work)
@@ -266,7 +272,7 @@ def run_seed(args, seed: int, task, device, study, work: Path, publish) -> None:
         save_json(progress_file, epochs)
         publish()
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, until + 1):
         if len(epochs) < epoch:
             started = time.perf_counter()
             run.train_to(epoch)
@@ -361,6 +367,9 @@ def main() -> None:
     parser.add_argument("--sample-seed", type=int, default=0)
     parser.add_argument("--val-images", type=int, default=1000, help="held-out images per accuracy")
     parser.add_argument("--rebn-images", type=int, default=1024, help="training images to recompute BN stats")
+    parser.add_argument("--until-epoch", type=int, help="stop after this epoch of the preset's run; a later "
+                        "command with a larger value goes on (with --preset abs, whose lr schedule ignores the run's "
+                        "length, any number of epochs)")
     parser.add_argument("--acc-epochs", type=int, nargs="*", help="epochs that get the accuracy metrics "
                         "(default: every epoch)")
     parser.add_argument("--device", default="auto")

@@ -271,7 +271,7 @@ def case_params():
         yield pytest.param(*case, id=name, marks=marks)
 
 
-@pytest.mark.parametrize("setup, make_argv, fragment", case_params())
+@pytest.mark.parametrize("setup, make_argv, fragment", list(case_params()))
 def test_bad_input_is_one_line_status_2_and_every_earlier_file_is_kept(workspace, capsys, setup, make_argv,
                                                                          fragment):
     if setup is not None:

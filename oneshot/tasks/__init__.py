@@ -1,7 +1,7 @@
 """Tasks by name: ``tasks.create("cifar10", data=PATH)``. See ``base.Task``."""
 
 from .base import Stream, Task, available, create, register
-from . import images, ptb  # noqa: F401  (registers cifar10, image-folder and ptb)
+from . import images, inpainting, ptb, toy  # noqa: F401  (registers cifar10, image-folder, inpainting, ptb, toy)
 from .custom import TensorTask, from_dataset, from_tensors
 
 __all__ = ["Task", "Stream", "TensorTask", "create", "register", "available", "as_task", "from_tensors",
