@@ -181,6 +181,22 @@ def build_parser() -> Parser:
     st.add_argument("--details", action="store_true", help="also each strategy's hyper-parameters (--hp) and defaults")
     commands.add_parser("spaces", help="list the search spaces")
     commands.add_parser("tasks", help="list the tasks (what is learned: data, loss, metric)")
+    examples = {
+        "shrink": "oneshot shrink --space nb201 --space-option ops=5 --preset abs-cpu --data DIR --out runs/abs",
+        "evaluate": "oneshot evaluate --example",
+        "toy": "oneshot toy --trials 10 --out results/toy",
+        "asng-toy": "oneshot asng-toy --out benchmarks/results",
+        "inpaint": "oneshot inpaint --data DIR --encoding int --out runs/inpaint",
+        "retrain": "oneshot retrain runs/adv-s0 --preset cpu",
+        "export": "oneshot export runs/adv-s0 --out child.pt2",
+        "report": "oneshot report runs/adv-s* runs/rf-s* --out runs/report",
+        "strategies": "oneshot strategies --details",
+        "spaces": "oneshot spaces",
+        "tasks": "oneshot tasks",
+    }
+    for name, example in examples.items():
+        if name in commands.choices:
+            commands.choices[name].epilog = f"example: {example}"
     return parser
 
 

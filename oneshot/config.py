@@ -55,6 +55,7 @@ class SearchConfig:
     w_nesterov: bool = True
     w_weight_decay: float = 5e-4
     w_grad_clip: float = 1.0
+    w_keep_zero_grads: bool = False  # unsampled ops keep decaying (torch < 2.0 zero_grad; ABS's code)
     # θ: Adam with cosine lr over the search epochs (the strategy owns betas, coupled L2 and clipping)
     a_lr: float = 3e-4
     # bookkeeping
@@ -152,11 +153,12 @@ PRESETS: dict[str, dict] = {
     # ABS's NB201 supernet training (megvii-model/AngleNAS, NAS-Bench-201/, SPOS.config; issue 16): NB201's own
     # network (lastact; cell-op BN without affine, running statistics kept), the 5 ops, per-cell uniform sampling
     # (strategy abs_uniform), SGD Nesterov 0.025 cosine to 0.001 per epoch with T_max = 250 whatever the run's
-    # length, coupled wd 5e-4, batch 64, no clipping, 25k + 25k images, no warm-up. Differences kept: unsampled ops
-    # get no decay or momentum here (modern zero_grad), drop_last batches. `abs-cpu`: 3 epochs of the same.
+    # length, coupled wd 5e-4, batch 64, no clipping, 25k + 25k images, no warm-up, and zero_grad as torch < 2.0
+    # did it (unsampled ops keep decaying: it lifts the angle's τ from 0.46 to 0.56 after 2 epochs,
+    # benchmarks/results/abs_ranking_abs_cpu*.json). Kept: drop_last batches. `abs-cpu`: 3 epochs of the same.
     "abs": dict(strategy="abs_uniform", space_options={"ops": 5}, op_style="nb201",
                 op_bn_affine=False, epochs=250, warmup_epochs=0, w_lr=0.025, w_lr_min=0.001, w_cosine_epochs=250,
-                w_grad_clip=float("inf"), log_every=100, checkpoint_every=200),
+                w_grad_clip=float("inf"), w_keep_zero_grads=True, log_every=100, checkpoint_every=200),
 }
 PRESETS["abs-cpu"] = {**PRESETS["abs"], "epochs": 3}
 

@@ -215,7 +215,9 @@ class Search:
             self.set_schedule()
         batch = next(self.train_stream)
         chunks, total = self.local_chunks(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        # zeros instead of None (torch < 2.0's default, as ABS's code ran): an op that has run once keeps getting
+        # weight decay and momentum in the steps that do not sample it
+        self.optimizer.zero_grad(set_to_none=not self.config.w_keep_zero_grads)
         samples = strategy.ask(phase)
         n = len(samples)
         losses, gate_grads = [], []

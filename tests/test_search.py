@@ -65,3 +65,20 @@ def test_smoke_search_on_real_cifar(tmp_path, cifar_path, capsys):
     records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == result["iterations"] == 16 and records[-1]["arch_steps"] == 8
     assert "NB201 CIFAR-10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_zero_grads_lets_an_unsampled_op_decay_as_abs_code_did(synthetic_cifar, keep):
+    """ABS's code ran torch < 2.0, whose zero_grad left zeros: an op that ran once keeps getting weight decay and
+    momentum when it is not sampled. ``w_keep_zero_grads`` reproduces that; by default it does not move."""
+    config = tiny_config("random").replace(w_keep_zero_grads=keep, warmup_epochs=0)
+    search = Search(config, synthetic_cifar, torch.device("cpu"))
+    one, other = (2,) * 6, (1,) * 6
+    plan = iter([one, other])
+    search.strategy.ask = lambda phase: [search.strategy.one_hot_sample(next(plan))]
+    key = next(k for k in search.model.state_dict() if ".edges.0.ops.2." in k and k.endswith("weight"))
+    search.weight_step("weight")                       # op 2 runs on every edge
+    after_first = search.model.state_dict()[key].clone()
+    search.weight_step("weight")                       # op 1 runs; op 2 does not
+    moved = not torch.equal(search.model.state_dict()[key], after_first)
+    assert moved == keep
