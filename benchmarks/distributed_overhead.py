@@ -56,7 +56,13 @@ def search(out: Path, args, nproc: int, batch: int, source: Path) -> float:
                     "--master_addr", "127.0.0.1", "--master_port", str(port), "-m"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(source)}
     subprocess.run(launcher + cmd, env=env, check=True, cwd=source)
-    return seconds_per_iteration(out)
+    return seconds_per_iteration(out), cpu_seconds_per_iteration(out)
+
+
+def cpu_seconds_per_iteration(run_dir: Path) -> float:
+    """Rank 0's CPU seconds of the whole search per iteration (warm-up included): the work, not the waiting."""
+    result = json.loads((run_dir / "result.json").read_text())
+    return result["cpu_seconds"] / result["iterations"]
 
 
 def main():
@@ -79,10 +85,13 @@ def main():
         for repeat in range(args.repeats):
             for index, (kind, (nproc, source)) in enumerate(kinds.items()):
                 load = load_average()
-                seconds = search(Path(tmp) / f"{repeat}-{index}", args, nproc, args.per_rank_batch * nproc, source)
-                runs[kind].append({"seconds_per_iteration": seconds, "load_before": load})
-                print(f"{kind}: {seconds:.3f} s/it (load {load:.2f})", flush=True)
+                seconds, cpu = search(Path(tmp) / f"{repeat}-{index}", args, nproc, args.per_rank_batch * nproc,
+                                      source)
+                runs[kind].append({"seconds_per_iteration": seconds, "cpu_seconds_per_iteration": cpu,
+                                   "load_before": load})
+                print(f"{kind}: {seconds:.3f} s/it, {cpu:.3f} CPU s/it (load {load:.2f})", flush=True)
     median = {kind: statistics.median(r["seconds_per_iteration"] for r in rs) for kind, rs in runs.items()}
+    cpu_median = {kind: statistics.median(r["cpu_seconds_per_iteration"] for r in rs) for kind, rs in runs.items()}
     single = median["1 process"]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": args.device, "nproc": args.nproc,
@@ -90,6 +99,8 @@ def main():
         "epochs": args.epochs, "images": args.images, "repeats": args.repeats,
         "seconds_per_iteration": median,
         "overhead_ratio": {kind: t / single for kind, t in median.items() if kind != "1 process"},
+        "cpu_seconds_per_iteration": cpu_median,
+        "cpu_ratio": {kind: t / cpu_median["1 process"] for kind, t in cpu_median.items() if kind != "1 process"},
         # ratios within one repeat (the runs of a repeat follow each other, so they share the machine's load)
         "overhead_ratio_per_repeat": {kind: [r["seconds_per_iteration"] / s["seconds_per_iteration"]
                                              for r, s in zip(rs, runs["1 process"])]
@@ -98,7 +109,7 @@ def main():
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("seconds_per_iteration", "overhead_ratio")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("seconds_per_iteration", "overhead_ratio", "cpu_ratio")}, indent=2))
 
 
 if __name__ == "__main__":

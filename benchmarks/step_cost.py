@@ -67,7 +67,8 @@ def timed(step, device, clock: str = "wall") -> float:
     return now() - t
 
 
-def compare(steps: dict, repeats: int, warmup: int, device, clock: str = "wall") -> dict:
+def compare(steps: dict, repeats: int, warmup: int, device, clock: str = "wall", samples: dict | None = None) -> dict:
+    """Median seconds of each step, timed in turn ``repeats`` times; ``samples`` receives every timing."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -75,6 +76,8 @@ def compare(steps: dict, repeats: int, warmup: int, device, clock: str = "wall")
     for _ in range(repeats):
         for name, step in steps.items():
             times[name].append(timed(step, device, clock))
+    if samples is not None:
+        samples.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -105,6 +108,11 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def repeats_at(batch: int, repeats: int) -> int:
+    """``repeats`` up to batch 64, fewer above (at least 5): a step of batch 256 is 4x longer and less noisy."""
+    return repeats if batch <= 64 else max(5, round(repeats * 64 / batch))
+
+
 def ratios_at(batch: int, args, device, space, arch, supernet, child) -> dict:
     """Every ratio of the module docstring at one batch size."""
     from lean_child import LeanChild  # benchmarks/ is on sys.path when this script runs
@@ -125,21 +133,26 @@ def ratios_at(batch: int, args, device, space, arch, supernet, child) -> dict:
     }
     if device.type == "cpu" and supernet.config["op_style"] == "advantage":
         sparse_steps["lean_child"] = make_step(LeanChild(child), x, y)
-    sparse = compare(sparse_steps, args.repeats, args.warmup, device, args.clock)
+    repeats = repeats_at(batch, args.repeats)
+    samples = {}
+    sparse = compare(sparse_steps, repeats, args.warmup, device, args.clock, samples)
 
     per_op = {op: make_step(space.build_child((k,) * 6, **config).to(device), x, y)
               for k, op in enumerate(space.decisions[0].choices)}
     softmax = torch.softmax(torch.randn(6, 4, device=device), -1)
     dense = compare({"supernet_dense": make_step(supernet, x, y, softmax, None), **per_op},
-                    max(3, args.repeats // 3), min(args.warmup, 2), device, args.clock)
+                    max(3, repeats // 3), min(args.warmup, 2), device, args.clock)
     result = {
-        "batch": batch, "load_before": load, "load_after": load_average(),
+        "batch": batch, "repeats": repeats, "load_before": load, "load_after": load_average(),
         "seconds": {**sparse, **dense},
         "sparse_ratio_gated": sparse["supernet_one_hot_gated"] / sparse["child"],
         "sparse_ratio_multiplied": sparse["supernet_one_hot_multiplied"] / sparse["child"],
         "sparse_ratio_unscaled": sparse["supernet_one_hot_unscaled"] / sparse["child"],
         "dense_ratio": dense["supernet_dense"] / sum(dense[op] for op in per_op),
     }
+    # the fastest of the repeats: interference from other jobs only ever adds time
+    result["min_ratios"] = {f"{name}/child": min(t) / min(samples["child"]) for name, t in samples.items()
+                            if name != "child"}
     if "lean_child" in sparse:
         result["child_over_lean_child"] = sparse["child"] / sparse["lean_child"]
     return result
@@ -190,7 +203,7 @@ def main():
 
     header = {
         "machine": machine(), "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "clock": args.clock, "repeats": args.repeats, "channels": args.channels, "cells_per_stage": args.cells,
+        "clock": args.clock, "repeats_at_batch_64": args.repeats, "channels": args.channels, "cells_per_stage": args.cells,
         "architecture": ARCHITECTURE,
     }
     result = {**header, **sweep[0]} if len(sweep) == 1 else {**header, "sweep": sweep}

@@ -12,6 +12,9 @@ from pathlib import Path
 from .config import SearchConfig
 from .errors import UserError
 
+# what a setting added since a run was written had been (``--resume`` of a run of an older version)
+DEFAULTS = SearchConfig().to_dict()
+
 
 def search(config: SearchConfig, out: str | os.PathLike, *, task=None, space=None, resume: bool = False,
            overwrite: bool = False, progress: bool = True, shrink: str | None = None,
@@ -64,13 +67,13 @@ def search(config: SearchConfig, out: str | os.PathLike, *, task=None, space=Non
         error = None
         if group.is_main:
             try:
-                folder = RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite)
+                folder = RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite, defaults=DEFAULTS)
             except UserError as e:
                 error = e
         if group.agree(error is not None):
             raise error or SystemExit(2)
         if not group.is_main:
-            folder = RunFolder(out, config.to_dict(), resume=resume, writer=False)
+            folder = RunFolder(out, config.to_dict(), resume=resume, writer=False, defaults=DEFAULTS)
         with folder:
             run = Search(config, task, device, group, space=space)
             folder.restore(run.load_state_dict)

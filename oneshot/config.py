@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from .errors import UserError
 
 
+DERIVATIONS = ("strategy", "best_sampled", "paper")
+
+
 @dataclass
 class SearchConfig:
     # what is searched, on what: everything a rerun needs is here (config.json of a run is a valid --config)
@@ -65,6 +68,10 @@ class SearchConfig:
     tensorboard: bool = False    # also write the log's numbers as TensorBoard scalars into OUT/tensorboard
     eval_child: bool = False     # at the end, test the derived child inside the supernet and the supernet itself
     eval_limit: int = 0          # ... on the first this-many test examples (0: all of them)
+    # the result's architecture: the strategy's own rule ("strategy"), the best sampled one ("best_sampled": the
+    # lowest arch-step loss seen), or what the paper's code reports for this strategy ("paper": best sampled for
+    # REINFORCE and GDAS, argmax for the others; the rnn presets use it, as the AdvantageNAS PTB protocol)
+    derive: str = "strategy"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,6 +108,7 @@ class SearchConfig:
              f"w_weight_decay must be finite and not negative, got {self.w_weight_decay}")
         need(0 <= self.w_momentum < 1, f"w_momentum must lie in [0, 1), got {self.w_momentum}")
         need(self.op_style in ("advantage", "nb201"), f"op_style must be advantage or nb201, got {self.op_style!r}")
+        need(self.derive in DERIVATIONS, f"derive must be one of {', '.join(DERIVATIONS)}, got {self.derive!r}")
         return self
 
 
@@ -183,7 +191,7 @@ DARTS_PAPER = dict(space_options={"cells": 8, "drop_path": 0.3}, channels=16, ep
 # count passes over the data shared by arch and weight steps: 15 of our epochs (each iteration reads two windows).
 # `cpu`: PTB's train file is not here, so the task's fallback (first 90 % of valid trains, last 10 % validates,
 # test tests; stated in the log and result.json), hidden 64, batch 64, 12 epochs (348 iterations).
-RNN_PAPER = dict(task="ptb", space_options={}, network_options={"hidden": 300}, batch_size=256, epochs=15,
+RNN_PAPER = dict(task="ptb", derive="paper", space_options={}, network_options={"hidden": 300}, batch_size=256, epochs=15,
                  warmup_epochs=0, w_lr=20.0, w_momentum=0.0, w_nesterov=False, w_weight_decay=0.0,
                  w_grad_clip=0.25, a_lr=3e-3, strategy_options={"weight_decay": 0.0}, augment=False,
                  log_every=20, checkpoint_every=100, eval_batches=1)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-# A bucket is launched once it holds this many bytes. Small enough that the first buckets leave while most of
-# backward is still to run, large enough that a step of a small supernet needs only a handful of collectives.
-BUCKET_BYTES = 256 * 1024
+# A bucket is launched once it holds this many bytes (``ONESHOT_BUCKET_MB`` overrides): small enough that the
+# first buckets leave while most of backward is still to run, large enough that a small supernet's step needs
+# only a few collectives, each with its fixed cost (NB201 C=16: 1-3 MB of gradients).
+BUCKET_BYTES = int(float(os.environ.get("ONESHOT_BUCKET_MB", "1")) * 2 ** 20)
 
 
 def _sum_flat(tensors: list[torch.Tensor], async_op: bool = False):

@@ -129,9 +129,11 @@ class RunFolder:
     nothing and takes no lock."""
 
     def __init__(self, path: str | os.PathLike, config: dict, resume: bool = False, overwrite: bool = False,
-                 writer: bool = True):
+                 writer: bool = True, defaults: dict | None = None):
         self.path = Path(path)
         self.config = config
+        # settings a run of an older version did not store yet had these values (``--resume`` compares with them)
+        self.defaults = _normal(defaults or {})
         self.writer = writer
         self.resumed_state: dict | None = None
         self.committed = False  # the folder holds a checkpoint or result of this run: --resume continues it
@@ -334,6 +336,12 @@ class RunFolder:
         except (OSError, ValueError):
             return None
 
+    def _with_defaults(self, saved):
+        """``saved`` settings with the defaults of those added since it was written (a dict; else as it is)."""
+        if not isinstance(saved, dict):
+            return saved
+        return {**{k: v for k, v in self.defaults.items() if k not in saved}, **saved}
+
     # -- opening --------------------------------------------------------------------------------------
     @staticmethod
     def holds_run(path) -> bool:
@@ -358,6 +366,7 @@ class RunFolder:
             raise UserError(f"{self.path}/config.json is corrupt; cannot resume, start a new run "
                             "with --overwrite")
         wanted = _normal(self.config)
+        saved = self._with_defaults(saved)
         if saved != wanted:
             diff = self._differences(saved, wanted)
             raise UserError(f"--resume with different settings than the run in {self.path} ({diff}); "
@@ -403,7 +412,7 @@ class RunFolder:
         saved = state.pop(CONFIG_KEY, None)  # absent in checkpoints of older versions: config.json was checked
         if saved is not None:
             try:
-                saved = json.loads(saved)
+                saved = self._with_defaults(json.loads(saved))
             except (TypeError, ValueError):
                 saved = None
             if saved != wanted:

@@ -186,7 +186,8 @@ def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop
     out = Path(out_dir)
     # Under the folder's lock for the whole run, shrink.json included; an error before the first checkpoint (a
     # setting the data cannot meet, say) puts back the run that --overwrite replaced, byte for byte.
-    with RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite) as folder:
+    with RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite,
+                   defaults=type(config)().to_dict()) as folder:
         search = Search(config, data, torch.device(device))
         theta0_file = out / "theta0.pt"
         (out / "shrink.json").unlink(missing_ok=True)  # a stale result must not outlive a new run

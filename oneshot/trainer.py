@@ -289,7 +289,16 @@ class Search:
         return {"split": "test", "examples": limit or "all", "metric": metric,
                 "child": self.child_score(arch, "test", limit)[metric], "supernet": supernet[metric]}
 
+    def derivation(self) -> str:
+        """Which rule gives the result: "best_sampled" or "derive" (the strategy's own), from ``config.derive``."""
+        rule = self.config.derive
+        if rule == "paper":
+            rule = self.strategy.paper_derivation
+        return "best_sampled" if rule == "best_sampled" and self.best_sampled is not None else "derive"
+
     def derive(self) -> tuple:
+        if self.derivation() == "best_sampled":
+            return self.best_sampled[1]
         k = self.strategy.derive_by_validation
         if not k:
             return self.strategy.derive()
@@ -408,8 +417,8 @@ class Search:
         derive_seconds = time.perf_counter() - t0
         result = {
             "space": self.config.space, "strategy": self.config.strategy, "seed": self.config.seed,
-            "architecture": self.space.to_string(arch), "nb201": self.benchmark(arch),
-            "search_seconds": round(self.elapsed + derive_seconds, 2),
+            "architecture": self.space.to_string(arch), "derivation": self.derivation(),
+            "nb201": self.benchmark(arch), "search_seconds": round(self.elapsed + derive_seconds, 2),
             "cpu_seconds": round(self.cpu_elapsed, 2), "iterations": self.step, "arch_steps": self.arch_steps,
             "device": str(self.device), "task": self.task.describe(), "versions": versions(),
         }

@@ -100,3 +100,55 @@ def test_a_retry_loop_with_resume_starts_a_run_that_never_began(tmp_path, tiny_p
     assert main(["search", "--resume", "--preset", "smoke", "--data", tiny_pickles, "--out", str(out), "--device",
                  "cpu", "--quiet", *TINY]) == 0
     assert (out / "result.json").exists()
+
+
+def test_a_run_of_an_older_version_resumes_when_the_new_settings_keep_their_defaults(tmp_path, tiny_pickles,
+                                                                                     monkeypatch):
+    """A run written before a setting existed (here ``derive``) behaved as its default does: --resume continues it,
+    and a new value for that setting is still refused."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from oneshot.runs import CONFIG_KEY
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("ONESHOT_CRASH_AT", "step:5")
+    argv = [sys.executable, "-m", "oneshot", "search", "--preset", "smoke", "--data", tiny_pickles, "--out", str(out),
+            "--device", "cpu", "--quiet", *TINY]
+    assert subprocess.run(argv, cwd=tmp_path).returncode != 0
+    monkeypatch.delenv("ONESHOT_CRASH_AT")
+    config = json.loads((out / "config.json").read_text())
+    del config["derive"]  # as an older version wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state[CONFIG_KEY] = json.dumps(config)
+    torch.save(state, out / "checkpoint.pt")
+    assert main(["search", "--resume", "--out", str(out), "--quiet", "--set", "derive=best_sampled"]) == 2
+    assert main(["search", "--resume", "--out", str(out), "--quiet"]) == 0
+    full = tmp_path / "full"
+    assert main(["search", "--preset", "smoke", "--data", tiny_pickles, "--out", str(full), "--device", "cpu",
+                 "--quiet", *TINY]) == 0
+    assert result_without_timing(out) == result_without_timing(full)
+
+
+@pytest.mark.parametrize("strategy, derive, expected", [
+    ("reinforce", "paper", "best_sampled"), ("gdas", "paper", "best_sampled"), ("advantage", "paper", "derive"),
+    ("advantage", "best_sampled", "best_sampled"), ("reinforce", "strategy", "derive")])
+def test_the_result_architecture_follows_the_derivation_rule(tmp_path, tiny_pickles, strategy, derive, expected):
+    """``derive=paper``: REINFORCE and GDAS report the best sampled architecture (AdvantageNAS code, spec §3)."""
+    out = tmp_path / "run"
+    assert main(["search", "--preset", "smoke", "--strategy", strategy, "--data", tiny_pickles, "--out", str(out),
+                 "--device", "cpu", "--quiet", *TINY, "--set", f"derive={derive}"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["derivation"] == expected
+    theta = __import__("torch").tensor(result["theta"])
+    argmax = "|".join(f"{i}" for i in theta.argmax(-1).tolist())
+    from oneshot.spaces import create_space
+    space = create_space("nb201")
+    derived = "|".join(f"{i}" for i in space.from_string(result["architecture"]))
+    if expected == "best_sampled":
+        assert result["architecture"] == result["best_sampled"]["architecture"]
+    else:
+        assert derived == argmax

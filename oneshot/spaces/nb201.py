@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..supernet import MixedOp
+from ..supernet import MixedOp, UnitGate, hooked, unit_gated_batch_norm
 from .base import Architecture, Categorical, SearchSpace
 
 OPS_4 = ("skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -126,6 +126,14 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         return self.bn(self.conv(F.relu(x) if self.relu else x))
+
+    def forward_unit_gated(self, x, gate):
+        """``self(x) * gate`` for a one-hot gate: the gate's gradient comes from the BN's own backward, so the op's
+        output is not kept for it (``oneshot.supernet.unit_gated_batch_norm``)."""
+        h = self.conv(F.relu(x) if self.relu else x)
+        if hooked(self.bn):
+            return UnitGate.apply(self.bn(h), gate)
+        return unit_gated_batch_norm(self.bn, h, gate)
 
 
 def make_op(name: str, c: int, style: str, affine: bool) -> nn.Module:

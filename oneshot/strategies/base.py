@@ -51,6 +51,9 @@ class Strategy:
     needs_gate_grad = True      # arch steps need dL/dgate (False: the loss alone, e.g. REINFORCE-style)
     updates_theta = True        # False: nothing to learn (random search); the trainer skips arch steps
     derive_by_validation = 0    # >0: the final architecture is the best of this many children on val data
+    # what the paper's code reports as the result (``--set derive=paper``): "derive" (this class's ``derive``) or
+    # "best_sampled" (the sampled architecture with the lowest arch-step loss seen)
+    paper_derivation = "derive"
 
     def __init__(self, space: SearchSpace, seed: int = 0, device: str | torch.device = "cpu",
                  lr: float | None = None):

@@ -22,6 +22,7 @@ def gdas_temperature(progress: float) -> float:
 
 @register("gdas", "GDAS: Gumbel straight-through one-hot, sparse propagation, autograd to θ (Dong & Yang 2019)")
 class GDAS(ThetaStrategy):
+    paper_derivation = "best_sampled"  # AdvantageNAS code, PTB mode lists (spec §3): R and GD report PB
     name = "gdas"
 
     def ask(self, phase: str) -> list[Sample]:

@@ -20,6 +20,7 @@ def reinforce_gradient(probs: torch.Tensor, one_hot: torch.Tensor, reward: float
 
 @register("reinforce", "REINFORCE with an EMA loss baseline (sparse propagation, no gate gradients)")
 class Reinforce(ThetaStrategy):
+    paper_derivation = "best_sampled"  # AdvantageNAS code, PTB mode lists (spec §3): R and GD report PB
     name = "reinforce"
     needs_gate_grad = False
 
