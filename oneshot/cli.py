@@ -1,16 +1,16 @@
 """``oneshot``: search, evaluate, and list what is available.
 
-Every user mistake ends with one line on stderr that names the fix, and exit status 2.
+Every user mistake ends with one line on stderr that names the fix, and exit status 2. The papers' experiments
+(the toys, inpainting) are scripts in experiments/ that use the library, not subcommands.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
 
@@ -104,37 +104,6 @@ def build_parser() -> Parser:
     e.add_argument("--space", default="nb201", help="the space whose tabular benchmark to read")
     e.add_argument("--example", action="store_true", help="print the best cell of the table as an example")
 
-    t = commands.add_parser("toy", help="the AdvantageNAS toy task: 8 estimators recover a teacher architecture")
-    t.add_argument("--trials", type=int, default=10)
-    t.add_argument("--iterations", type=int, default=2000)
-    t.add_argument("--methods", nargs="+", help="strategies to compare (default: the paper's eight)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/toy", help="folder for toy.json and toy.png")
-    t.add_argument("--quiet", action="store_true")
-
-    a = commands.add_parser("asng-toy", help="ASNG-NAS toy: iterations to target vs initial step size, ASNG/SNG/Adam")
-    a.add_argument("--deltas", type=float, nargs="+", help="initial δ (Adam: learning rate) values")
-    a.add_argument("--seeds", type=int, default=10, help="seeds per method and δ")
-    a.add_argument("--max-iter", type=int, default=100_000)
-    a.add_argument("--out", default="runs/asng_toy")
-    a.add_argument("--quiet", action="store_true")
-
-    i = commands.add_parser("inpaint", help="ASNG-NAS inpainting: search a CAE (Int or Cat encoding), retrain it "
-                                              "and a hand-designed CAE for the same time, report PSNR/SSIM")
-    i.add_argument("--data", help="CIFAR-10 (stands in for CelebA, which is not available here)")
-    i.add_argument("--encoding", choices=["int", "cat"], default="int")
-    i.add_argument("--mask", choices=["center", "pixel", "half"], default="center")
-    i.add_argument("--layers", type=int, default=5)
-    i.add_argument("--channel-scale", type=float, default=1 / 8, help="1 = the paper's 64..256 channels")
-    i.add_argument("--iterations", type=int, default=4000, help="search iterations")
-    i.add_argument("--retrain-seconds", type=float, default=60.0, help="training time of each final network")
-    i.add_argument("--batch", type=int, default=16)
-    i.add_argument("--test-images", type=int, default=1000)
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--device", default="auto")
-    i.add_argument("--out", default="runs/inpaint", help="folder for inpaint.json")
-    i.add_argument("--quiet", action="store_true")
-
     t2 = commands.add_parser(
         "retrain", help="train an architecture from scratch (any space) and test it",
         description="Train an architecture from scratch and test it: the one from a search folder (its space, task "
@@ -184,9 +153,6 @@ def build_parser() -> Parser:
     examples = {
         "shrink": "oneshot shrink --space nb201 --space-option ops=5 --preset abs-cpu --data DIR --out runs/abs",
         "evaluate": "oneshot evaluate --example",
-        "toy": "oneshot toy --trials 10 --out results/toy",
-        "asng-toy": "oneshot asng-toy --out benchmarks/results",
-        "inpaint": "oneshot inpaint --data DIR --encoding int --out runs/inpaint",
         "retrain": "oneshot retrain runs/adv-s0 --preset cpu",
         "export": "oneshot export runs/adv-s0 --out child.pt2",
         "report": "oneshot report runs/adv-s* runs/rf-s* --out runs/report",
@@ -313,66 +279,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_toy(args) -> int:
-    from .toy import run_toy
-
-    if args.trials < 1 or args.iterations < 1:
-        raise UserError(f"--trials and --iterations must be at least 1, got {args.trials} and {args.iterations}")
-    if not 0 <= args.seed < 2**32 // 1000:  # trial t seeds its generators with 1000 * seed + t
-        raise UserError(f"--seed must lie between 0 and {2**32 // 1000 - 1}, got {args.seed}")
-    result = run_toy(trials=args.trials, iterations=args.iterations, methods=args.methods, out_dir=args.out,
-                     seed=args.seed, progress=not args.quiet)
-    print(f"{'method':<18} {'median iters to teacher':>24} {'trials found':>13} {'final loss x100':>16}")
-    for summary in result["summary"].values():
-        iters = summary["median_iterations_to_threshold"]
-        print(f"{summary['label']:<18} {'never' if iters is None else f'{iters:.0f}':>24} "
-              f"{summary['trials_reaching_threshold']:>10}/{args.trials:<2} {summary['final_median_x100']:>16.3f}")
-    print(f"-> {args.out}/toy.json, {args.out}/toy.png")
-    return 0
-
-
-def cmd_asng_toy(args) -> int:
-    from .asng_toy import DELTAS, run_asng_toy
-
-    if args.seeds < 1 or args.max_iter < 1:
-        raise UserError(f"--seeds and --max-iter must be at least 1, got {args.seeds} and {args.max_iter}")
-    if args.deltas is not None and not all(math.isfinite(d) and d > 0 for d in args.deltas):
-        raise UserError(f"--deltas must be positive numbers, got {' '.join(map(str, args.deltas))}")
-    record = run_asng_toy(deltas=args.deltas or DELTAS, seeds=tuple(range(args.seeds)), max_iter=args.max_iter,
-                          out_dir=args.out, progress=not args.quiet)
-    print(record["table"])
-    print(f"-> {args.out}/asng_toy.json, {args.out}/asng_toy.png")
-    return 0
-
-
-def cmd_inpaint(args) -> int:
-    from .inpainting import baseline, search_inpainting, train_and_evaluate
-    from .spaces.inpainting import InpaintingSpace
-    from .tasks.inpainting import inpainting
-    from .trainer import resolve_device
-
-    for flag, value in (("--channel-scale", args.channel_scale), ("--retrain-seconds", args.retrain_seconds)):
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"{flag} must be a positive number, got {value}")
-    device = resolve_device(args.device)
-    space = InpaintingSpace(args.encoding, layers=args.layers, channel_scale=args.channel_scale)
-    task = inpainting(data=args.data, mask=args.mask, test_images=args.test_images)
-    found = search_inpainting(space, task, iterations=args.iterations, batch=args.batch, device=device,
-                              seed=args.seed, progress=not args.quiet)
-    common = dict(mask=args.mask, seconds=args.retrain_seconds, batch=args.batch, device=device, seed=args.seed)
-    searched = train_and_evaluate(space, found["arch"], task.train_x, task.test_x, **common)
-    hand = baseline(space, task.train_x, task.test_x, **common)
-    record = {"settings": {k: v for k, v in vars(args).items() if k not in ("command",)},
-              "search_seconds": found["result"]["search_seconds"], "search_cpu_seconds": found["result"]["cpu_seconds"],
-              "search": {"config": found["config"], "result": found["result"]}, "searched": searched, "baseline": hand}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "inpaint.json").write_text(json.dumps(record, indent=2, default=float))
-    for name, r in (("searched", searched), ("hand-designed", hand)):
-        print(f"{name:<14} PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.3f}  params {r['params']}  {r.get('path', '')}")
-    print(f"-> {args.out}/inpaint.json")
-    return 0
-
-
 def cmd_retrain(args) -> int:
     from .retrain import retrain
 
@@ -435,11 +341,31 @@ def cmd_list(args) -> int:
     return 0
 
 
+def guarded(prog: str, body: Callable[[], int]) -> int:
+    """``body()`` under the command line's rule, for scripts beside it (experiments/): a UserError becomes one
+    line on stderr, "PROG: error: ...", and exit status 2; Ctrl-C a line and status 130."""
+    try:
+        return body()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+# Former subcommands, now experiment scripts of the repository (not of the installed package).
+MOVED = {"toy": "experiments/toy.py", "asng-toy": "experiments/asng_toy.py", "inpaint": "experiments/inpainting.py"}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if argv and argv[0] in MOVED:
+            raise UserError(f"'oneshot {argv[0]}' is now a script in the repository: python {MOVED[argv[0]]} "
+                            "(see its --help)")
         args = build_parser().parse_args(argv)
-        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "toy": cmd_toy, "report": cmd_report, "asng-toy": cmd_asng_toy,
-                   "inpaint": cmd_inpaint, "retrain": cmd_retrain,
+        handler = {"search": cmd_search, "evaluate": cmd_evaluate, "report": cmd_report, "retrain": cmd_retrain,
                    "shrink": cmd_shrink, "export": cmd_export}.get(args.command, cmd_list)
         return handler(args)
     except UserError as e:

@@ -112,6 +112,16 @@ def _normal(config: dict):
     return json.loads(json.dumps(config))
 
 
+def _filled(saved, defaults: dict):
+    """``saved`` with every key of ``defaults`` it lacks, at any depth of nested settings."""
+    if not isinstance(saved, dict):
+        return saved
+    filled = {k: v for k, v in defaults.items() if k not in saved}
+    for k, v in saved.items():
+        filled[k] = _filled(v, defaults[k]) if isinstance(defaults.get(k), dict) else v
+    return filled
+
+
 def _belongs_to_run(name: str) -> bool:
     base = name[:-len(".tmp")] if name.endswith(".tmp") else name
     return any(fnmatch.fnmatchcase(base, pattern) for pattern in RUN_ENTRIES)
@@ -338,9 +348,7 @@ class RunFolder:
 
     def _with_defaults(self, saved):
         """``saved`` settings with the defaults of those added since it was written (a dict; else as it is)."""
-        if not isinstance(saved, dict):
-            return saved
-        return {**{k: v for k, v in self.defaults.items() if k not in saved}, **saved}
+        return _filled(saved, self.defaults)
 
     # -- opening --------------------------------------------------------------------------------------
     @staticmethod
@@ -544,3 +552,30 @@ class RunFolder:
             self._write("search.png", lambda h: fig.savefig(h, format="png", dpi=100))
         finally:
             plt.close(fig)
+
+
+class MemoryFolder:
+    """What ``Search.run`` writes, kept in memory: for runs of seconds (the toy experiment, a search inside a
+    larger experiment, tests) that need no folder on disk. ``keep_checkpoints`` keeps the last checkpoint,
+    serialised as a run folder would, so that a resume can be tested without a disk."""
+
+    def __init__(self, keep_checkpoints: bool = False):
+        self.records: list[dict] = []
+        self.result: dict | None = None
+        self.checkpoint: bytes | None = None
+        self.keep_checkpoints = keep_checkpoints
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+    def save_checkpoint(self, state: dict) -> None:
+        if self.keep_checkpoints:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self.checkpoint = buffer.getvalue()
+
+    def load_checkpoint(self) -> dict:
+        return torch.load(io.BytesIO(self.checkpoint), weights_only=True)
+
+    def write_result(self, result: dict) -> None:
+        self.result = result

@@ -8,11 +8,16 @@ function that scores lists of architectures; the angle itself (``oneshot.angle``
 NB201 protocol (official ``dropnode_by_angle.py``): one round over all enumerated children, dropping 20 of the
 30 operators of the 5-op space. That round ignores the 1e6 size threshold (15,625 is already below it). For the
 4-op space we drop the same fraction, 2/3: 16 of 24, leaving 8 operators (at least one per edge).
+
+DARTS protocol (official ``DARTS/shrinking``): rounds of training, sampled children per operator and a drop of
+the lowest-scoring operator on every edge, until the shared 14-edge op list has at most 1e6 children; the
+pipeline lives in ``oneshot.abs_darts`` (``abs_shrink`` hands DARTS spaces to it), built from the pieces here.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,13 +32,17 @@ Operator = tuple[str, str]  # (decision name, choice)
 DROP_FRACTION = 2 / 3       # NB201: 20 of 30
 
 
+UNIFORM_SAMPLERS = ("random", "abs_uniform")  # strategies that can train the supernet ABS scores
+
 def scored_decisions(space: SearchSpace) -> list[int]:
     """Decisions with more than one remaining choice: only their operators are scored."""
     return [i for i, d in enumerate(space.decisions) if isinstance(d, Categorical) and d.size > 1]
 
 
-def operator_scores(space: SearchSpace, archs: Sequence[Architecture], angles) -> dict[Operator, float]:
-    """Mean angle of the given children that contain each operator (operators no child contains are left out)."""
+def operator_scores(space: SearchSpace, archs: Sequence[Architecture], angles,
+                    cap: int | None = None) -> dict[Operator, float]:
+    """Mean angle of the given children that contain each operator (operators no child contains are left out);
+    with ``cap``, of the first ``cap`` of them in the given order (the official ``sample_num`` cap)."""
     a = np.asarray(list(archs), dtype=np.int64).reshape(-1, len(space.decisions))
     values = np.asarray(angles.cpu() if torch.is_tensor(angles) else angles, dtype=np.float64)
     if len(values) != len(a):
@@ -44,7 +53,7 @@ def operator_scores(space: SearchSpace, archs: Sequence[Architecture], angles) -
         for k, choice in enumerate(d.choices):
             hit = a[:, i] == k
             if hit.any():
-                scores[(d.name, choice)] = float(values[hit].mean())
+                scores[(d.name, choice)] = float(values[hit][:cap].mean())
     return scores
 
 
@@ -83,8 +92,9 @@ def drop_operators(space: SearchSpace, scores: dict[Operator, float], n_drop: in
     return without(space, select_drops(space, scores, n_drop))
 
 
-def per_edge_drops(space: SearchSpace, scores: dict[Operator, float]) -> list[Operator]:
-    """DARTS rule: the lowest-scoring operator of every decision that still has a choice to spare."""
+def per_edge_drops(space: SearchSpace, scores: dict[Operator, float], min_choices: int = 1) -> list[Operator]:
+    """DARTS rule: the lowest-scoring operator of every decision that keeps more than ``min_choices`` choices
+    (ABS's DARTS runs use 2: ``abs_darts.MIN_OPS``)."""
     position = _position(space)
     lowest: dict[str, Operator] = {}
     for op in scores:
@@ -92,11 +102,38 @@ def per_edge_drops(space: SearchSpace, scores: dict[Operator, float]) -> list[Op
         if best is None or (scores[op], position[op]) < (scores[best], position[best]):
             lowest[op[0]] = op
     sizes = {d.name: d.size for d in space.decisions}
-    return [op for name, op in lowest.items() if sizes[name] > 1]
+    return [op for name, op in lowest.items() if sizes[name] > min_choices]
 
 
-def drop_per_edge(space: SearchSpace, scores: dict[Operator, float]) -> SearchSpace:
-    return without(space, per_edge_drops(space, scores))
+def drop_per_edge(space: SearchSpace, scores: dict[Operator, float], min_choices: int = 1) -> SearchSpace:
+    return without(space, per_edge_drops(space, scores, min_choices))
+
+
+def planned_rounds(sizes: Sequence[int], threshold: float = 1e6, min_choices: int = 1) -> int:
+    """How many per-edge rounds take choice counts ``sizes`` to at most ``threshold`` children (each round
+    removes one choice from every decision above ``min_choices``); 8 ops on 14 edges: 6 (8^14 -> 2^14)."""
+    sizes, rounds = list(sizes), 0
+    while math.prod(sizes) > threshold and any(n > min_choices for n in sizes):
+        sizes = [n - 1 if n > min_choices else n for n in sizes]
+        rounds += 1
+    return rounds
+
+
+def round_ends(start: int, total: int, rounds: int, shares: tuple[int, int] = (150, 20)) -> list[int]:
+    """The training step after which each round scores and drops: the steps after ``start`` (θ0) up to
+    ``total`` split as ABS's DARTS schedule splits its epochs, ``shares[0]`` for the first round and
+    ``shares[1]`` for each later one (150 and 20: ``config.first_stage_epochs``/``other_stage_epochs``), every
+    round at least one step; the last round ends at ``total``."""
+    budget = total - start
+    if rounds < 1:
+        return []
+    if budget < rounds:
+        raise UserError(f"abs: {rounds} shrinking rounds need at least {rounds} training steps after warm-up, "
+                        f"the settings give {budget}; raise --set epochs (or lower warmup_epochs/batch_size)")
+    later = max(1, round(budget * shares[1] / (shares[0] + shares[1] * (rounds - 1)))) if rounds > 1 else 0
+    later = min(later, (budget - 1) // (rounds - 1)) if rounds > 1 else 0
+    first = budget - later * (rounds - 1)
+    return [start + first + i * later for i in range(rounds)]
 
 
 def default_drop(space: SearchSpace) -> int:
@@ -105,21 +142,29 @@ def default_drop(space: SearchSpace) -> int:
 
 
 def candidate_archs(space: SearchSpace, samples_per_op: int = 1000, generator: torch.Generator | None = None,
-                    enumerate_below: int = 100_000, accept: Callable[[Architecture], bool] | None = None
-                    ) -> list[Architecture]:
+                    enumerate_below: int = 100_000, accept: Callable[[Architecture], bool] | None = None,
+                    draw: Callable[[], Architecture] | None = None,
+                    operators: Sequence[tuple[int, int]] | None = None) -> list[Architecture]:
     """The children to score: every child of a small space; otherwise, per operator, distinct children with
     that operator fixed and the rest uniform, each credited to every operator it contains, until each operator
-    has ``samples_per_op`` (tries capped at 100x, as in the official code). ``accept`` is e.g. a FLOPs cap."""
-    if space.size <= enumerate_below:
+    has ``samples_per_op`` (tries capped at 100x, as in the official code). ``accept`` is e.g. a FLOPs cap.
+
+    ``draw()``: one random child instead of a uniform one (never enumerated; DARTS: ABS's two-input cells);
+    the operator is written into it afterwards. ``operators``: the (decision, choice index) pairs to fill
+    (default: every choice of the decisions with more than one)."""
+    if draw is None and space.size <= enumerate_below:
         return [a for a in space.enumerate() if accept is None or accept(a)]
     generator = generator or torch.Generator().manual_seed(0)
-    count = {(i, k): 0 for i in scored_decisions(space) for k in range(space.decisions[i].size)}
+    draw = draw or (lambda: space.sample(generator))
+    if operators is None:
+        operators = [(i, k) for i in scored_decisions(space) for k in range(space.decisions[i].size)]
+    count = {op: 0 for op in operators}
     seen: dict[Architecture, None] = {}
     for (i, k) in count:
         tries = 0
         while count[(i, k)] < samples_per_op and tries < 100 * samples_per_op:
             tries += 1
-            a = list(space.sample(generator))
+            a = list(draw())
             a[i] = k
             a = tuple(a)
             if a in seen or (accept is not None and not accept(a)):
@@ -134,11 +179,12 @@ def candidate_archs(space: SearchSpace, samples_per_op: int = 1000, generator: t
 def shrink_until(space: SearchSpace, score: Callable[[SearchSpace, list], Sequence[float]],
                  threshold: float = 1e6, n_drop: int | None = None,
                  train: Callable[[SearchSpace, int], None] | None = None, samples_per_op: int = 1000,
-                 generator: torch.Generator | None = None, max_rounds: int = 1000
+                 generator: torch.Generator | None = None, max_rounds: int = 1000, min_choices: int = 1
                  ) -> tuple[SearchSpace, list[dict]]:
     """Spec §2 schedule: while |space| > threshold, train (``train(space, round)``, e.g. E_i more supernet
     epochs on the current space), score and drop: ``n_drop`` operators per round (SPOS: 7, FairNAS: 19) or,
-    with ``n_drop=None``, the lowest one on every edge (DARTS). Returns the space and one record per round."""
+    with ``n_drop=None``, the lowest one on every edge that keeps more than ``min_choices`` (DARTS). Returns
+    the space and one record per round."""
     rounds = []
     for r in range(max_rounds):
         if space.size <= threshold:
@@ -147,7 +193,7 @@ def shrink_until(space: SearchSpace, score: Callable[[SearchSpace, list], Sequen
             train(space, r)
         archs = candidate_archs(space, samples_per_op, generator)
         scores = operator_scores(space, archs, score(space, archs))
-        dropped = select_drops(space, scores, n_drop) if n_drop else per_edge_drops(space, scores)
+        dropped = select_drops(space, scores, n_drop) if n_drop else per_edge_drops(space, scores, min_choices)
         if not dropped:
             break  # every decision is down to one choice
         rounds.append({"round": r, "size_before": space.size, "children": len(archs),
@@ -171,17 +217,35 @@ def _ground_truth(space: SearchSpace, archs: Sequence[Architecture]) -> np.ndarr
 
 
 def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop: int | None = None,
-               resume: bool = False, overwrite: bool = False, progress: bool = True) -> SearchSpace:
+               resume: bool = False, overwrite: bool = False, progress: bool = True, **darts_options) -> SearchSpace:
     """Train a uniform single-path supernet with ``config`` (strategy forced to "random"), score every child
     of the space by its angle, drop ``n_drop`` operators (default 2/3 of them), write ``shrink.json`` into
-    ``out_dir`` and return the shrunk space (``load_shrunk_space(out_dir)`` gives it back later)."""
+    ``out_dir`` and return the shrunk space (``load_shrunk_space(out_dir)`` gives it back later).
+
+    The DARTS space follows ABS's DARTS protocol instead (``abs_darts.abs_shrink_darts``: rounds, one drop per
+    edge each, so ``n_drop`` does not apply); ``darts_options`` are its settings (``samples_per_op``,
+    ``tie_cells``, ``two_inputs``, ``threshold``)."""
     from .angle import angles_of, check_space, initial_state
     from .runs import RunFolder, atomic_write
     from .spaces import create_space
+    from .spaces.darts import DARTSSpace
     from .trainer import Search
 
+    if isinstance(create_space(config.space, **config.space_options), DARTSSpace):
+        if n_drop is not None:
+            raise UserError("abs on darts drops the lowest operator of every edge each round (ABS's DARTS rule); "
+                            "leave out --drop")
+        from .abs_darts import abs_shrink_darts
+
+        return abs_shrink_darts(config, data, out_dir, device, resume=resume, overwrite=overwrite,
+                                progress=progress, **darts_options)
+    if darts_options:
+        raise UserError(f"abs: {sorted(darts_options)} apply to the darts space only")
     keep = {k: v for k, v in config.strategy_options.items() if k == "candidates"}
-    config = config.replace(strategy="random", strategy_options=keep)
+    # the supernet is trained by uniform single-path sampling: ABS's own per-cell sampler where the preset asks
+    # for it (the `abs` presets), else one architecture shared by all cells
+    sampler = config.strategy if config.strategy in UNIFORM_SAMPLERS else "random"
+    config = config.replace(strategy=sampler, strategy_options=keep)
     check_space(create_space(config.space, **config.space_options))  # before hours of training, not after
     out = Path(out_dir)
     # Under the folder's lock for the whole run, shrink.json included; an error before the first checkpoint (a

@@ -85,6 +85,21 @@ def test_bad_input_is_one_line_and_status_2(capsys, argv, fragment):
     assert fragment in one_error_line(err)
 
 
+@pytest.mark.parametrize("command, script", [("toy", "experiments/toy.py"), ("asng-toy", "experiments/asng_toy.py"),
+                                             ("inpaint", "experiments/inpainting.py")])
+def test_the_papers_experiments_are_scripts_not_subcommands(capsys, command, script):
+    import argparse
+    from pathlib import Path
+
+    from oneshot.cli import build_parser
+
+    code, _, err = run(capsys, command, "--help")
+    assert code == 2 and f"python {script}" in one_error_line(err)
+    assert (Path(__file__).resolve().parents[1] / script).is_file()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert command not in commands.choices and "retrain" in commands.choices
+
+
 def test_existing_run_folder_is_not_overwritten(capsys, tmp_path, cifar_path):
     out = tmp_path / "run"
     out.mkdir()

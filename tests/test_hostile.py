@@ -7,9 +7,11 @@ fails until its id is taken out).
 """
 
 import hashlib
+import importlib
 import json
 import pickle
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +20,10 @@ import pytest
 from PIL import Image
 
 from oneshot.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # experiments/ belongs to the repository, not to the installed package
 
 # 4 iterations on 64 + 64 images: the finished run that every case starts from takes a second or two.
 BASE = ["--preset", "smoke", "--set", "n_weight=64", "--set", "n_arch=64", "--set", "batch_size=32",
@@ -248,18 +254,28 @@ CASES = {
     "evaluate-malformed": (None, argv("evaluate", "|nor_conv_3x3~0|"), "is not an NB201 architecture string"),
     "evaluate-other-space": (None, argv("evaluate", "--space", "darts", "x"), "no tabular benchmark for space"),
     "unknown-command": (None, argv("frobnicate"), "invalid choice: 'frobnicate'"),
-    # the toys and inpainting
-    "toy-no-trials": (None, argv("toy", "--trials", "0", "--quiet"), "--trials"),
-    "toy-negative-seed": (None, argv("toy", "--trials", "1", "--iterations", "10", "--methods", "advantage",
-                                     "--seed", "-1", "--quiet"), "--seed"),
-    "asng-toy-no-seeds": (None, argv("asng-toy", "--seeds", "0", "--quiet"), "--seeds"),
-    "asng-toy-delta-not-positive": (None, argv("asng-toy", "--deltas", "0", "--seeds", "1", "--max-iter", "1",
-                                               "--quiet"), "--deltas"),
-    "asng-toy-no-iterations": (None, argv("asng-toy", "--max-iter", "0", "--seeds", "1", "--quiet"), "--max-iter"),
-    "inpaint-no-layers": (None, argv("inpaint", "--layers", "0", "--data", "{data}", "--out", "{root}/inpaint",
-                                     "--quiet"), "layers must be at least 2"),
-    "inpaint-channel-scale-nan": (None, argv("inpaint", "--channel-scale", "nan", "--data", "{data}", "--out",
-                                             "{root}/inpaint", "--quiet"), "--channel-scale"),
+    "moved-toy": (None, argv("toy", "--trials", "1"), "python experiments/toy.py"),
+    "moved-inpaint": (None, argv("inpaint", "--data", "{data}"), "python experiments/inpainting.py"),
+}
+# The experiment scripts (experiments/*.py, whose main() takes the script's arguments) follow the same rule.
+SCRIPT_CASES = {
+    "toy-no-trials": ("toy", argv("--trials", "0", "--quiet"), "--trials"),
+    "toy-negative-seed": ("toy", argv("--trials", "1", "--iterations", "10", "--methods", "advantage", "--seed", "-1",
+                                      "--quiet"), "--seed"),
+    "toy-unknown-method": ("toy", argv("--trials", "1", "--iterations", "10", "--methods", "nope", "--quiet"),
+                           "unknown strategy 'nope'"),
+    "asng-toy-no-seeds": ("asng_toy", argv("--seeds", "0", "--quiet"), "--seeds"),
+    "asng-toy-delta-not-positive": ("asng_toy", argv("--deltas", "0", "--seeds", "1", "--max-iter", "1", "--quiet"),
+                                    "--deltas"),
+    "asng-toy-no-iterations": ("asng_toy", argv("--max-iter", "0", "--seeds", "1", "--quiet"), "--max-iter"),
+    "inpaint-no-layers": ("inpainting", argv("--layers", "0", "--data", "{data}", "--out", "{root}/inpaint", "--quiet"),
+                          "layers must be at least 2"),
+    "inpaint-channel-scale-nan": ("inpainting", argv("--channel-scale", "nan", "--data", "{data}", "--out",
+                                                     "{root}/inpaint", "--quiet"), "--channel-scale"),
+    "inpaint-no-retrain-iterations": ("inpainting", argv("--retrain-iterations", "0", "--data", "{data}", "--out",
+                                                         "{root}/inpaint", "--quiet"), "--retrain-iterations"),
+    "inpaint-unknown-device": ("inpainting", argv("--device", "tpu", "--data", "{data}", "--out", "{root}/inpaint",
+                                                  "--quiet"), "unknown device 'tpu'"),
 }
 NEEDS_PATCH: dict[str, str] = {}  # cases not refused up front yet (id -> what happens instead)
 assert set(NEEDS_PATCH) <= set(CASES)
@@ -286,6 +302,21 @@ def test_bad_input_is_one_line_status_2_and_every_earlier_file_is_kept(workspace
     assert fragment in lines[0]
     assert fingerprint(workspace.root, workspace.data) == before  # nothing changed, nothing added
     assert not (workspace.root / MARKER).exists()
+
+
+@pytest.mark.parametrize("script, make_argv, fragment", list(SCRIPT_CASES.values()), ids=list(SCRIPT_CASES))
+def test_bad_input_to_an_experiment_script_is_one_line_status_2_and_nothing_is_written(workspace, capsys, script,
+                                                                                       make_argv, fragment):
+    module = importlib.import_module(f"experiments.{script}")
+    before = fingerprint(workspace.root, workspace.data)
+    capsys.readouterr()
+    code = module.main(make_argv(workspace))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"{module.PROG}: error: "), err
+    assert fragment in lines[0]
+    assert fingerprint(workspace.root, workspace.data) == before
 
 
 def test_the_matrix_holds_at_least_40_distinct_cases_that_pass_today():

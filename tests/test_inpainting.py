@@ -1,22 +1,31 @@
 """Inpainting space and task (ASNG-NAS, spec asng.md §3): masks, metrics, weight sharing, a tiny search through
-the engine (``trainer.Search``) and its resume."""
+the engine (``trainer.Search``) and its resume, the retraining through ``retrain.train`` (Adam, step schedule),
+and the experiment script."""
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from oneshot import strategies
 from oneshot.errors import UserError
-from oneshot.inpainting import baseline, evaluate, search_config, search_inpainting, train_and_evaluate
+from oneshot.retrain import Retraining, retrain_preset, step_factor
 from oneshot.spaces.base import Integer
 from oneshot.spaces.inpainting import InpaintingSpace
-from oneshot.tasks.inpainting import InpaintingTask, make_mask, psnr, ssim
+from oneshot.tasks.inpainting import InpaintingTask, make_mask, masked_batch, psnr, score, ssim
 
 from conftest import interrupted_and_resumed
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # experiments/ belongs to the repository, not to the installed package
+from experiments.inpainting import main, retrain_network, search_config, search_inpainting  # noqa: E402
 
 
 def small(encoding="int", layers=2):
@@ -234,11 +243,16 @@ def test_task_streams_split_the_images_and_mask_each_batch():
         InpaintingTask(x, x, "box")
 
 
-def test_task_metric_is_the_retraining_evaluation():
+def test_task_metric_scores_the_fixed_masks_of_its_eval_seed():
     s, x = small(layers=2), images(32)
     net = s.build_child(s.baseline())
     task = InpaintingTask(x, x[:16], "pixel", eval_seed=4)
-    assert task.evaluate(net, "test", "cpu") == evaluate(net, x[:16], "pixel", seed=3)
+    g = torch.Generator().manual_seed(4)                    # one generator over the split, batch after batch
+    by_hand = score(net, [masked_batch(x[:16], torch.arange(0, 8), "pixel", g, "cpu"),
+                          masked_batch(x[:16], torch.arange(8, 16), "pixel", g, "cpu")])
+    assert task.evaluate(net, "test", "cpu", batch_size=8) == by_hand
+    assert task.evaluate(net, "test", "cpu", batch_size=8) != InpaintingTask(x, x[:16], "pixel", eval_seed=5).evaluate(
+        net, "test", "cpu", batch_size=8)
 
 
 # --- search and retraining --------------------------------------------------------------------------------
@@ -292,25 +306,82 @@ def test_inpainting_search_resumes_through_the_engine(tmp_path):
     assert len(log(tmp_path / "full")) == 3 and log(tmp_path / "resumed") == log(tmp_path / "full")
 
 
-def test_retraining_lowers_the_error_and_baseline_runs():
+# --- retraining: the library's loop with the inpainting preset ------------------------------------------------
+def test_step_schedule_drops_tenfold_at_40_and_80_percent():
+    assert [step_factor(p) for p in (0.0, 0.39, 0.4, 0.79)] == pytest.approx([1.0, 1.0, 0.1, 0.1])
+    assert [step_factor(p) for p in (0.8, 0.99)] == pytest.approx([0.01, 0.01])
+    s, x = small(layers=2), images(32)
+    config = retrain_preset("cpu", "inpainting", epochs=10, batch_size=4)
+    run = Retraining(s, s.baseline(), InpaintingTask(x, x[:4], "center"), config, "cpu")
+    lrs = [run.begin_epoch(epoch)["lr"] for epoch in range(10)]
+    assert lrs == pytest.approx([1e-3] * 4 + [1e-4] * 4 + [1e-5] * 2)
+    assert type(run.optimizer) is torch.optim.Adam and run.optimizer.defaults["betas"] == (0.9, 0.999)
+
+
+def test_inpainting_presets_are_the_official_retraining():
+    paper = retrain_preset("paper", "inpainting")
+    assert (paper.optimizer, paper.schedule, paper.lr, paper.batch_size, paper.grad_clip, paper.weight_decay) == (
+        "adam", "step", 1e-3, 16, 5.0, 0.0)
+    assert paper.epochs * paper.task_options["steps_per_epoch"] == 500_000     # iterations
+    cpu = retrain_preset("cpu", "inpainting")
+    assert cpu.epochs * cpu.task_options["steps_per_epoch"] == 2_000
+    with pytest.raises(UserError, match="do not apply to space inpainting"):
+        retrain_preset("cpu", "inpainting", channels=8)
+    with pytest.raises(UserError, match="optimizer must be sgd or adam"):
+        retrain_preset("cpu", "inpainting", optimizer="rmsprop").validated()
+
+
+def test_retrain_train_is_the_hand_written_adam_loop_with_steps_at_40_and_80_percent():
+    """``retrain.train`` on the inpainting task is, to the last bit, the loop this driver had before it used the
+    library's: Adam 1e-3, lr x 0.1 from step 4 of 10 and again from step 8, clipping at 5, batches of the task's
+    seeded stream, then PSNR/SSIM on the task's fixed test masks."""
+    s, x = InpaintingSpace("int", layers=2, channel_scale=1 / 16), images(32)
+    task = InpaintingTask(x, x[:8], "center")
+    result = retrain_network(s, s.baseline(), task, iterations=10, batch=8, seed=3)
+
+    torch.manual_seed(3)
+    net = s.build_child(s.baseline())
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(3)
+    for step in range(10):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * 0.1 ** ((step >= 4) + (step >= 8))
+        masked, clean = masked_batch(x, torch.randint(32, (8,), generator=g), "center", g, "cpu")
+        loss = F.mse_loss(net(masked), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        optimizer.step()
+    net.eval()
+    assert result["scores"]["test"] == score(net, task.eval_batches("test", 256, "cpu"))
+    assert result["test_psnr"] == result["scores"]["test"]["psnr"] and result["steps"] == 10
+    assert result["parameters"] == sum(p.numel() for p in net.parameters()) and result["flops"] is None
+    assert result["path"] == s.describe(s.baseline()) and result["config"]["task_options"] == {}
+
+
+def test_retraining_lowers_the_error_and_needs_one_step_per_epoch():
     s = InpaintingSpace("int", layers=2, channel_scale=1 / 16)
-    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    short = train_and_evaluate(s, s.baseline(), x, x[:16], "center", iterations=1, batch=8)
-    longer = baseline(s, x, x[:16], mask="center", iterations=60, batch=8)
-    assert longer["iterations"] == 60 and longer["psnr"] > short["psnr"]
-    with pytest.raises(UserError, match="exactly one budget"):
-        train_and_evaluate(s, s.baseline(), x, x, iterations=1, seconds=1.0)
+    x = images(32)
+    task = InpaintingTask(x, x[:16], "center")
+    short = retrain_network(s, s.baseline(), task, iterations=1, batch=8)
+    longer = retrain_network(s, s.baseline(), task, iterations=60, batch=8)
+    assert longer["steps"] == 60 and longer["test_psnr"] > short["test_psnr"] + 0.5  # 11.26 -> 11.97 dB
+    with pytest.raises(UserError, match="one step per epoch"):
+        retrain_network(s, s.baseline(), InpaintingTask(x, x, "center", steps_per_epoch=2), iterations=1)
 
 
-def test_inpaint_command_end_to_end(capsys, tmp_path, tiny_pickles):
-    from oneshot.cli import main
-
-    argv = ["inpaint", "--data", tiny_pickles, "--layers", "2", "--iterations", "6", "--batch", "4",
-            "--retrain-seconds", "0.2", "--test-images", "8", "--device", "cpu", "--out", str(tmp_path), "--quiet"]
+def test_inpainting_script_end_to_end(capsys, tmp_path, tiny_pickles):
+    argv = ["--data", tiny_pickles, "--layers", "2", "--iterations", "6", "--batch", "4",
+            "--retrain-iterations", "5", "--test-images", "8", "--device", "cpu", "--out", str(tmp_path), "--quiet"]
     assert main(argv) == 0
     assert "hand-designed" in capsys.readouterr().out
     record = json.loads((tmp_path / "inpaint.json").read_text())
     assert record["search"]["config"]["epochs"] == 6 and record["search"]["result"]["arch_steps"] == 6
-    assert record["searched"]["arch"] == record["search"]["result"]["architecture"]
-    assert math.isfinite(record["searched"]["psnr"]) and 0 < record["baseline"]["ssim"] < 1
+    assert record["searched"]["architecture"] == record["search"]["result"]["architecture"]
+    assert record["searched"]["steps"] == record["baseline"]["steps"] == 5 and record["retrain"]["epochs"] == 5
+    assert math.isfinite(record["searched"]["test_psnr"]) and 0 < record["baseline"]["scores"]["test"]["ssim"] < 1
+    space = InpaintingSpace("int", layers=2, channel_scale=1 / 8)
+    assert record["baseline"]["architecture"] == space.to_string(space.baseline())
     assert main([*argv[:-3], "--mask", "box", "--quiet"]) == 2            # argparse's choices: one line, status 2
+    err = capsys.readouterr().err
+    assert err.startswith("experiments/inpainting.py: error: ") and len(err.strip().splitlines()) == 1

@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,10 +9,15 @@ import torch.nn.functional as F
 from oneshot.errors import UserError
 
 from oneshot import strategies
+from oneshot.runs import MemoryFolder
 from oneshot.spaces.toy import ToyNetwork, ToySpace
-from oneshot.tasks.toy import ARCH_DATA, ToyTask, toy_inputs
-from oneshot.toy import OPTIMIZER, MemoryFolder, first_below, run_method, run_toy, toy_config, toy_task
+from oneshot.tasks.toy import ARCH_DATA, WEIGHT_DATA, ToyTask, toy_inputs
 from oneshot.trainer import Search
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # experiments/ belongs to the repository, not to the installed package
+from experiments.toy import OPTIMIZER, first_below, main, run_method, run_toy, toy_config, toy_task  # noqa: E402
 
 
 def by_hand(net: ToyNetwork, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -94,6 +101,22 @@ def test_teacher_has_zero_loss_and_both_scorings_agree():
     gates[torch.arange(10), list(task.teacher)] = 1.0
     student = task.space.build_supernet()
     assert task.loss(lambda x: student(x, gates, [[k] for k in task.teacher], unit_gates=True), (x, y)) == 0.0
+
+
+def test_the_stream_counts_epochs_and_resumes_mid_epoch():
+    """The toy's stream (a ``tasks.base.DrawnStream``): x from the trial's weight generator, an epoch every
+    ``steps_per_epoch`` batches, and a state that continues the same batches."""
+    task = ToyTask(trial=1, eval_batches=1, steps_per_epoch=3)
+    stream = task.train_stream(4, "cpu", seed=99)
+    first = [next(stream) for _ in range(4)]
+    assert torch.equal(first[0][0], toy_inputs(torch.Generator().manual_seed(1 + WEIGHT_DATA), 4))
+    assert (stream.steps, stream.epoch) == (4, 1)
+    again = task.train_stream(4, "cpu", seed=99)
+    again.load_state_dict(stream.state_dict())
+    assert (again.steps, again.epoch) == (4, 1)
+    assert torch.equal(next(again)[0], next(stream)[0]) and stream.epoch == 1
+    next(stream)
+    assert stream.epoch == 2
 
 
 def test_gate_gradient_is_inner_product_with_the_channel(small):
@@ -189,16 +212,15 @@ def test_toy_search_runs_through_the_trainer_and_resumes():
     assert [r["architecture"] for r in folder.records] == [r["architecture"] for r in whole.records]
 
 
-def test_toy_command_prints_the_table_and_refuses_bad_input(capsys, tmp_path):
-    from oneshot.cli import main
-
-    assert main(["toy", "--trials", "1", "--iterations", "20", "--methods", "advantage", "nasp", "--out",
+def test_toy_script_prints_the_table_and_refuses_bad_input(capsys, tmp_path):
+    assert main(["--trials", "1", "--iterations", "20", "--methods", "advantage", "nasp", "--out",
                  str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "AdvantageNAS" in out and "NASP" in out and "toy.json" in out
     saved = json.loads((tmp_path / "toy.json").read_text())
     assert saved["config"]["methods"] == ["advantage", "nasp"] and len(saved["curves_x100"]["nasp"][0]) == 3
     for argv, fragment in ((["--methods", "nope"], "unknown strategy"), (["--iterations", "25"], "multiple of")):
-        assert main(["toy", "--trials", "1", "--out", str(tmp_path / "bad"), "--quiet", *argv]) == 2
+        assert main(["--trials", "1", "--out", str(tmp_path / "bad"), "--quiet", *argv]) == 2
         err = capsys.readouterr().err
         assert fragment in err and len(err.strip().splitlines()) == 1
+        assert err.startswith("experiments/toy.py: error: ") and not (tmp_path / "bad").exists()

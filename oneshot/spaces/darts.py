@@ -344,6 +344,18 @@ def reduction_cells(cells: int) -> tuple[int, int]:
     return cells // 3, 2 * cells // 3
 
 
+def output_paths() -> tuple[tuple[int, ...], ...]:
+    """Every node sequence from a cell input (node 0 or 1) through increasing intermediate nodes to the last
+    node: 2 x 2^3 = 16 paths, in the order of ABS's ``config.paths`` (depth first, next node ascending).
+    Paths that end at nodes 2-4 are not listed (ABS's angle vector uses these 16 only)."""
+    def from_node(u: int) -> list[tuple[int, ...]]:
+        return [(u, LAST_NODE) if v == LAST_NODE else (u,) + rest
+                for v in range(max(u + 1, FIRST_NODE), LAST_NODE + 1)
+                for rest in ([()] if v == LAST_NODE else from_node(v))]
+
+    return tuple(p for source in (0, 1) for p in from_node(source))
+
+
 def cell_shapes(channels: int, cells: int, input_size: int) -> list[tuple[int, int, bool]]:
     """(channels C, input resolution H, is_reduction) of every cell; a reduction's output is ceil(H/2)."""
     shapes, c, h = [], channels, input_size

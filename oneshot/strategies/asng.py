@@ -9,7 +9,7 @@ adapts: s accumulates the Fisher-whitened unit steps F^{1/2}ĝ / ‖ĝ‖_F, γ 
 and Δ shrinks (δ grows) while ‖s‖² / α > γ. Spec: asng.md §1-2.
 
 The math is pure numpy float64 functions with arbitrary leading batch dimensions, so the toy benchmark
-(``oneshot.asng_toy``) runs hundreds of independent runs in one array; the strategy is a thin ask/tell shell.
+(``experiments/asng_toy.py``) runs hundreds of independent runs in one array; the strategy is a thin ask/tell shell.
 """
 
 from __future__ import annotations

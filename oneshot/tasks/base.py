@@ -9,7 +9,8 @@ network is called: an image task calls ``forward(x)``; a language model calls ``
 the hidden state from one window to the next (which is why a task may hold state and be checkpointed).
 
 A *stream* is an endless, reproducible iterator of batches with ``steps_per_epoch``, ``epoch`` (completed
-passes) and ``state_dict``/``load_state_dict``; ``data.Batches`` is the image one.
+passes) and ``state_dict``/``load_state_dict``; ``data.Batches`` is the image one, ``DrawnStream`` the base of
+streams drawn from one seeded generator.
 """
 
 from __future__ import annotations
@@ -34,6 +35,38 @@ class Stream(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class DrawnStream:
+    """An endless stream whose every batch is drawn from one seeded CPU generator (the toy's noise, inpainting's
+    images and masks): a subclass says how in ``draw``. Resumable: the state is the generator's and the step count."""
+
+    def __init__(self, seed: int, steps_per_epoch: int, device):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps_per_epoch, self.device = steps_per_epoch, torch.device(device)
+        self.steps = 0
+
+    def draw(self, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
+
+    @property
+    def epoch(self) -> int:
+        return self.steps // self.steps_per_epoch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        batch = self.draw(self.generator)
+        self.steps += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
+        self.steps = int(state["steps"])
 
 
 class Task:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import Task, register
+from .base import DrawnStream, Task, register
 
 MASKS = ("center", "pixel", "half")
 PIXEL_DROP = 0.8
@@ -97,34 +97,17 @@ def score(forward, batches) -> dict:
 
 
 # --- the stream and the task ----------------------------------------------------------------------------
-class MaskedImages:
+class MaskedImages(DrawnStream):
     """Endless batches (masked, clean) of images drawn with replacement, a fresh mask per image; resumable."""
 
     def __init__(self, images_uint8: torch.Tensor, batch_size: int, mask: str, device, seed: int,
                  steps_per_epoch: int = 1):
+        super().__init__(seed, steps_per_epoch, device)
         self.images, self.batch_size, self.mask = images_uint8, batch_size, mask
-        self.device, self.steps_per_epoch = torch.device(device), steps_per_epoch
-        self.generator = torch.Generator().manual_seed(seed)
-        self.steps = 0
 
-    @property
-    def epoch(self) -> int:
-        return self.steps // self.steps_per_epoch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.randint(len(self.images), (self.batch_size,), generator=self.generator)
-        self.steps += 1
-        return masked_batch(self.images, index, self.mask, self.generator, self.device)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.generator.get_state(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["rng"])
-        self.steps = int(state["steps"])
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(self.images), (self.batch_size,), generator=generator)
+        return masked_batch(self.images, index, self.mask, generator, self.device)
 
 
 class InpaintingTask(Task):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..spaces.toy import INPUT_SIZE, ToySpace
-from .base import Task, register
+from .base import DrawnStream, Task, register
 
 # Seed offsets of the trial's generators (those of the original toy driver, so its numbers are reproduced).
 ARCH_DATA, EVAL_DATA, WEIGHT_DATA = 1_000_003, 2_000_003, 3_000_003
@@ -31,33 +31,16 @@ def toy_inputs(generator: torch.Generator, batch_size: int) -> torch.Tensor:
     return torch.rand(batch_size, 1, INPUT_SIZE, INPUT_SIZE, generator=generator) * 2.0 - 1.0
 
 
-class NoiseStream:
+class NoiseStream(DrawnStream):
     """Endless batches (x, teacher(x)) with x drawn from one seeded generator; resumable."""
 
     def __init__(self, teacher, batch_size: int, seed: int, steps_per_epoch: int, device):
-        self.teacher, self.batch_size, self.steps_per_epoch = teacher, batch_size, steps_per_epoch
-        self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.steps = 0
+        super().__init__(seed, steps_per_epoch, device)
+        self.teacher, self.batch_size = teacher, batch_size
 
-    @property
-    def epoch(self) -> int:
-        return self.steps // self.steps_per_epoch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x = toy_inputs(self.generator, self.batch_size)
-        self.steps += 1
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = toy_inputs(generator, self.batch_size)
         return x.to(self.device), self.teacher(x).to(self.device)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.generator.get_state(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["rng"])
-        self.steps = int(state["steps"])
 
 
 class ToyTask(Task):

@@ -18,20 +18,27 @@ by re-running the same sweep, not on its own.
 
 Writes ``asng_toy.json`` (config, iterations per method × δ × seed, medians) and ``asng_toy.png`` (median
 iterations to target against δ, log-log, one line per method).
+
+    python experiments/asng_toy.py --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .strategies.asng import (Layout, asng_update, natural_gradient, ranking_utility, restrict_categorical,
-                              sample_categorical, sqrt_fisher_categorical)
+from oneshot.cli import Parser, guarded
+from oneshot.errors import UserError
+from oneshot.strategies.asng import (Layout, asng_update, natural_gradient, ranking_utility, restrict_categorical,
+                                     sample_categorical, sqrt_fisher_categorical)
+
+PROG = "experiments/asng_toy.py"
 
 D, K = 30, 5
 METHODS = ("asng", "sng", "adam")
@@ -156,7 +163,6 @@ def run_asng_toy(deltas: Sequence[float] = DELTAS, seeds: Sequence[int] = tuple(
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
-        from .errors import UserError
         raise UserError(f"unknown toy method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,3 +221,36 @@ def plot(record: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="ASNG-NAS toy: iterations to target vs initial step size, ASNG/SNG/Adam.",
+                    epilog=f"example: python {PROG} --out benchmarks/results")
+    parser.add_argument("--deltas", type=float, nargs="+", help="initial δ (Adam: learning rate) values "
+                                                                "(default: 1e-3 to 10, 9 values)")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per method and δ")
+    parser.add_argument("--max-iter", type=int, default=100_000)
+    parser.add_argument("--out", default="runs/asng_toy", help="folder for asng_toy.json and asng_toy.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def run(args) -> int:
+    if args.seeds < 1 or args.max_iter < 1:
+        raise UserError(f"--seeds and --max-iter must be at least 1, got {args.seeds} and {args.max_iter}")
+    if args.deltas is not None and not all(math.isfinite(d) and d > 0 for d in args.deltas):
+        raise UserError(f"--deltas must be positive numbers, got {' '.join(map(str, args.deltas))}")
+    record = run_asng_toy(deltas=args.deltas or DELTAS, seeds=tuple(range(args.seeds)), max_iter=args.max_iter,
+                          out_dir=args.out, progress=not args.quiet)
+    print(record["table"])
+    print(f"-> {args.out}/asng_toy.json, {args.out}/asng_toy.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded(PROG, lambda: run(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,8 @@ argmax architecture every ``eval_every`` steps; that architecture's MSE on the t
 the same evaluation batches.
 
 Writes ``toy.json`` (config, curves, summary) and ``toy.png`` (median loss x 100 with a 25-75 % band).
+
+    python experiments/toy.py --trials 10 --out results/toy
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import strategies
-from .config import SearchConfig
-from .errors import UserError
-from .spaces.toy import ToySpace
-from .tasks.toy import ToyTask
+from oneshot import strategies
+from oneshot.cli import Parser, guarded
+from oneshot.config import SearchConfig
+from oneshot.errors import UserError
+from oneshot.runs import MemoryFolder
+from oneshot.spaces.toy import ToySpace
+from oneshot.tasks.toy import ToyTask
+from oneshot.trainer import Search
+
+PROG = "experiments/toy.py"
 
 ALL_METHODS = ("advantage", "reinforce", "parsec", "gdas", "proxyless", "snas_relaxed", "darts", "nasp")
 LABELS = {"advantage": "AdvantageNAS", "advantage_wb": "AdvantageNAS/w-b", "reinforce": "REINFORCE",
@@ -60,42 +67,10 @@ def toy_config(method: str, seed: int, iterations: int, eval_every: int = 10, ba
     return SearchConfig().replace(**{**settings, **changes}).validated()
 
 
-class MemoryFolder:
-    """Where ``Search.run`` writes, kept in memory: a toy run takes seconds, so nothing goes to disk.
-    ``keep_checkpoints`` keeps the last checkpoint (serialised as a run folder would, for resume tests)."""
-
-    def __init__(self, keep_checkpoints: bool = False):
-        self.records: list[dict] = []
-        self.result: dict | None = None
-        self.checkpoint: bytes | None = None
-        self.keep_checkpoints = keep_checkpoints
-
-    def log(self, record: dict) -> None:
-        self.records.append(record)
-
-    def save_checkpoint(self, state: dict) -> None:
-        if self.keep_checkpoints:
-            import io
-
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            self.checkpoint = buffer.getvalue()
-
-    def load_checkpoint(self) -> dict:
-        import io
-
-        return torch.load(io.BytesIO(self.checkpoint), weights_only=True)
-
-    def write_result(self, result: dict) -> None:
-        self.result = result
-
-
 def run_method(task: ToyTask, method: str, iterations: int, eval_every: int = 10, seed: int = 0,
                batch_size: int = 100) -> dict:
     """One method on one trial through ``trainer.Search``; returns its curve of argmax loss (step 0 and every
     ``eval_every`` steps, each on its own evaluation batch), its final architecture and the positions right."""
-    from .trainer import Search
-
     config = toy_config(method, seed, iterations, eval_every, batch_size)
     search = Search(config, task, torch.device("cpu"), space=task.space)
     folder = MemoryFolder()
@@ -186,7 +161,7 @@ def run_toy(trials: int = 10, iterations: int = 2000, methods: Sequence[str] | N
                    "seed": seed, "eval_every": eval_every, "batch_size": batch_size,
                    "optimizer": {**OPTIMIZER, "grad_clip": None}, "threshold_x100": THRESHOLD_X100,
                    "units": "MSE x 100 of the argmax architecture on a fresh batch",
-                   "search": "trainer.Search, architecture steps only (settings: oneshot.toy.toy_config)"},
+                   "search": "trainer.Search, architecture steps only (settings: experiments/toy.py toy_config)"},
         "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu_start, 2),
         "iterations_axis": list(range(0, iterations + 1, eval_every)),
         "teachers": teachers, "summary": summary, "curves_x100": curves, "final": details,
@@ -226,3 +201,40 @@ def plot_toy(result: dict, path: str | Path, xmax: int = 600) -> None:
     fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=8, fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="The AdvantageNAS toy task: 8 estimators recover a teacher architecture.",
+                    epilog=f"example: python {PROG} --trials 10 --out results/toy")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--methods", nargs="+", help="strategies to compare (default: the paper's eight)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/toy", help="folder for toy.json and toy.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args) -> int:
+    if args.trials < 1 or args.iterations < 1:
+        raise UserError(f"--trials and --iterations must be at least 1, got {args.trials} and {args.iterations}")
+    if not 0 <= args.seed < 2**32 // 1000:  # trial t seeds its generators with 1000 * seed + t
+        raise UserError(f"--seed must lie between 0 and {2**32 // 1000 - 1}, got {args.seed}")
+    result = run_toy(trials=args.trials, iterations=args.iterations, methods=args.methods, out_dir=args.out,
+                     seed=args.seed, progress=not args.quiet)
+    print(f"{'method':<18} {'median iters to teacher':>24} {'trials found':>13} {'final loss x100':>16}")
+    for summary in result["summary"].values():
+        iters = summary["median_iterations_to_threshold"]
+        print(f"{summary['label']:<18} {'never' if iters is None else f'{iters:.0f}':>24} "
+              f"{summary['trials_reaching_threshold']:>10}/{args.trials:<2} {summary['final_median_x100']:>16.3f}")
+    print(f"-> {args.out}/toy.json, {args.out}/toy.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded(PROG, lambda: run(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
