@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from . import strategies
+from . import strategies, unrolled
 from .config import SearchConfig
 from .distributed import Group
 from .errors import UserError
@@ -127,6 +127,12 @@ class Search:
             raise UserError(f"strategy {config.strategy!r} needs validation data; set n_arch above 0 (--set n_arch=N)")
         # A supernet without trainable weights (the AdvantageNAS toy) gets architecture steps only, no optimiser.
         self.trains_weights = any(p.requires_grad for p in self.model.parameters())
+        # arch_gradient "unrolled": dL_val/dgate at a virtual weight step (DARTS second order, oneshot.unrolled);
+        # without weights there is no inner step and it is the direct gradient
+        arch_gradient = self.strategy.arch_gradient
+        unrolled.check_applicable(self.strategy, arch_gradient, group.world)
+        self.unrolled = arch_gradient == "unrolled" and self.trains_weights
+        self.next_train_batch = None  # the batch an unrolled arch step drew for the weight step that follows
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.w_lr, momentum=config.w_momentum,
                                          nesterov=config.w_nesterov) if self.trains_weights else None
         self.steps_per_epoch = self.train_stream.steps_per_epoch
@@ -166,15 +172,29 @@ class Search:
         self.strategy.set_schedule(cosine(self.epoch_in_search() / max(1, config.epochs - config.warmup_epochs)),
                                    self.arch_steps / max(1, self.search_steps))
 
+    def weight_lr(self) -> float:
+        """This iteration's weight learning rate: cosine per integer epoch."""
+        config = self.config
+        return config.w_lr_min + (config.w_lr - config.w_lr_min) * cosine(
+            self.step // self.steps_per_epoch / (config.w_cosine_epochs or config.epochs))
+
     def arch_step(self) -> float:
         """The strategy's samples, each evaluated on the same batch, told together."""
         strategy = self.strategy
         self.set_schedule()
         batch = next(self.val_stream if strategy.arch_batch == "val" else self.train_stream)
         chunks, total = self.local_chunks(batch)
+        if self.unrolled:  # the virtual step trains on the batch of the weight step that follows, as DARTS does
+            self.next_train_batch = next(self.train_stream)
+            train_chunks, _ = self.local_chunks(self.next_train_batch)
         samples = strategy.ask("arch")
         values, gate_grads = [], []
         for sample in samples:
+            if self.unrolled:
+                gate_grad, loss_sum = self.unrolled_gate_gradient(sample, train_chunks, chunks, total)
+                values.append(self.checked(loss_sum))
+                gate_grads.append(gate_grad)
+                continue
             loss_sum = torch.zeros((), device=self.device)
             gate_grad = torch.zeros_like(sample.gates) if strategy.needs_gate_grad else None
             for chunk in chunks:
@@ -195,6 +215,21 @@ class Search:
         self.arch_steps += 1
         return float(np.mean(values))
 
+    def unrolled_gate_gradient(self, sample, train_chunks, val_chunks, parts: int):
+        """(dL_val(w', gates)/dgates, L_val(w')) at the virtual step w' of the weight step's settings."""
+        config = self.config
+        weights = [p for p in self.model.parameters() if p.requires_grad]
+        state = self.optimizer.state  # .get: reading must not add entries to the optimiser's state
+        return unrolled.unrolled_gate_gradient(
+            sample.gates, weights,
+            lambda gates: (self.sample_loss(sample, gates, chunk, parts)[0] for chunk in train_chunks),
+            lambda gates: (self.sample_loss(sample, gates, chunk, parts) for chunk in val_chunks),
+            lr=self.weight_lr(), momentum_buffers=[state.get(p, {}).get("momentum_buffer") for p in weights],
+            momentum=config.w_momentum, nesterov=config.w_nesterov, weight_decay=config.w_weight_decay,
+            # clipped as the weight step is, unless the strategy declares an unclipped virtual step
+            max_norm=config.w_grad_clip if getattr(self.strategy, "unrolled_clip", True) else math.inf,
+            buffers=list(self.model.buffers()))
+
     def note_sampled(self, samples, values) -> None:
         for sample, value in zip(samples, values):
             if self.best_sampled is None or value < self.best_sampled[0]:
@@ -206,14 +241,14 @@ class Search:
         arch step; returns (weight loss, arch loss or None)."""
         strategy = self.strategy
         config = self.config
-        lr = config.w_lr_min + (config.w_lr - config.w_lr_min) * cosine(
-            self.step // self.steps_per_epoch / (config.w_cosine_epochs or config.epochs))
+        lr = self.weight_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         single_level = phase == "weight" and strategy.arch_batch == "same" and strategy.updates_theta
         if single_level:
             self.set_schedule()
-        batch = next(self.train_stream)
+        batch = self.next_train_batch if self.next_train_batch is not None else next(self.train_stream)
+        self.next_train_batch = None
         chunks, total = self.local_chunks(batch)
         # zeros instead of None (torch < 2.0's default, as ABS's code ran): an op that has run once keeps getting
         # weight decay and momentum in the steps that do not sample it

@@ -54,6 +54,9 @@ class Strategy:
     # what the paper's code reports as the result (``--set derive=paper``): "derive" (this class's ``derive``) or
     # "best_sampled" (the sampled architecture with the lowest arch-step loss seen)
     paper_derivation = "derive"
+    # how an arch step's dL/dgate is taken: "direct" (at the current weights) or "unrolled" (at a virtual weight
+    # step, DARTS second order; oneshot.unrolled)
+    arch_gradient = "direct"
 
     def __init__(self, space: SearchSpace, seed: int = 0, device: str | torch.device = "cpu",
                  lr: float | None = None):
