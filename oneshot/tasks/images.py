@@ -53,7 +53,10 @@ class ImageClassification(Task):
                 raise RuntimeError("the architecture split exists once search_streams has been called")
             x, y = self.arch_split
         elif split == "test":
-            x, y = self.images.test_x, self.images.test_y
+            # a fixed shuffle: the test set is stored sorted by class, and a batch of one class (or a ``limit``
+            # prefix of one class) evaluated with batch statistics, as a supernet is, measures nothing
+            order = torch.randperm(len(self.images.test_y), generator=torch.Generator().manual_seed(0))
+            x, y = self.images.test_x[order], self.images.test_y[order]
         else:
             raise UserError(f"{self.name}: no split {split!r}; use arch or test")
         if limit is not None:
