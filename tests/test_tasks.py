@@ -251,3 +251,26 @@ def test_a_plugin_from_the_entry_point_group_appears_in_oneshot_spaces(tmp_path,
 
         SPACES.pop("my_space", None)
         sys.modules.pop("my_nas_plugin", None)
+
+
+def test_test_batches_mix_classes_when_the_test_set_is_stored_sorted():
+    """Supernets are evaluated with batch statistics: a class-sorted test set (as the image folders load) must
+    not reach them one class per batch, nor a ``limit`` prefix of one class."""
+    from oneshot.data import Cifar10
+    from oneshot.tasks.images import ImageClassification
+
+    y = torch.arange(10).repeat_interleave(20)  # sorted by class
+    images = Cifar10(torch.zeros(20, 3, 8, 8, dtype=torch.uint8), torch.arange(10).repeat(2),
+                     torch.arange(200, dtype=torch.uint8).reshape(200, 1, 1, 1).expand(200, 3, 8, 8).clone(), y,
+                     tuple(str(k) for k in range(10)))
+    task = ImageClassification(images, "sorted")
+    (x, labels), *rest = list(task.eval_batches("test", 64, torch.device("cpu")))
+    assert len(set(labels.tolist())) >= 8
+    (_, first), = list(task.eval_batches("test", 64, torch.device("cpu"), limit=30))
+    assert len(set(first.tolist())) >= 5
+    # every example is seen once, each image with its own label (image k holds the value k, label k // 20)
+    xs, ys = zip(*[(b[0], b[1]) for b in task.eval_batches("test", 256, torch.device("cpu"))])
+    xs, ys = torch.cat(xs), torch.cat(ys)
+    assert sorted(ys.tolist()) == y.tolist()
+    value = xs[:, 0, 0, 0]
+    assert torch.equal(torch.argsort(torch.argsort(value)) // 20, ys)
