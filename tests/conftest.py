@@ -60,3 +60,20 @@ def interrupted_and_resumed(config, data, folder, stop_after: int = 13, space=No
     second = Search(config, data, torch.device("cpu"), space=space)
     second.load_state_dict(resumed_folder.resumed_state)
     return second.run(resumed_folder, progress=False)
+
+
+def experiment(name: str):
+    """The driver ``experiments/NAME.py`` of this repository, loaded from its file: experiments/ is part of the
+    repository, not of the installed package, so it is not imported by package name."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    module_name = f"_experiment_{name}"
+    if module_name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]

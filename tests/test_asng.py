@@ -1,7 +1,5 @@
 import io
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +18,6 @@ from oneshot.strategies.asng import (Layout, asng_update, decode_integers, gauss
                                      sqrt_fisher_categorical, sqrt_fisher_gaussian)
 from oneshot.trainer import Search
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # experiments/ belongs to the repository, not to the installed package
 
 
 def one_hot(index, k=3):
@@ -313,7 +308,9 @@ def test_search_end_to_end_and_resume(tmp_path, synthetic_cifar):
 
 
 def test_toy_benchmark_tiny(tmp_path):
-    from experiments.asng_toy import run_asng_toy
+    from conftest import experiment
+
+    run_asng_toy = experiment("asng_toy").run_asng_toy
 
     record = run_asng_toy(deltas=(0.1, 1.0), seeds=(0, 1), methods=("asng", "sng"), max_iter=3000,
                           out_dir=tmp_path, progress=False)

@@ -4,8 +4,6 @@ and the experiment script."""
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +20,11 @@ from oneshot.tasks.inpainting import InpaintingTask, make_mask, masked_batch, ps
 
 from conftest import interrupted_and_resumed
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # experiments/ belongs to the repository, not to the installed package
-from experiments.inpainting import main, retrain_network, search_config, search_inpainting  # noqa: E402
+from conftest import experiment  # noqa: E402
+
+_driver = experiment('inpainting')
+main, retrain_network, search_config, search_inpainting = (
+    _driver.main, _driver.retrain_network, _driver.search_config, _driver.search_inpainting)
 
 
 def small(encoding="int", layers=2):

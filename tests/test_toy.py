@@ -1,6 +1,4 @@
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +12,11 @@ from oneshot.spaces.toy import ToyNetwork, ToySpace
 from oneshot.tasks.toy import ARCH_DATA, WEIGHT_DATA, ToyTask, toy_inputs
 from oneshot.trainer import Search
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # experiments/ belongs to the repository, not to the installed package
-from experiments.toy import OPTIMIZER, first_below, main, run_method, run_toy, toy_config, toy_task  # noqa: E402
+from conftest import experiment  # noqa: E402
+
+_driver = experiment('toy')
+OPTIMIZER, first_below, main, run_method, run_toy, toy_config, toy_task = (
+    _driver.OPTIMIZER, _driver.first_below, _driver.main, _driver.run_method, _driver.run_toy, _driver.toy_config, _driver.toy_task)
 
 
 def by_hand(net: ToyNetwork, x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
