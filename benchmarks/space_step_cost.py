@@ -7,16 +7,21 @@
 - dense ratio (DARTS): a step with softmax gates (every op but ``none`` on every edge, as DARTS and SNAS train)
   / the sum over ops of the step of the child that has that op on every edge.
 
+- layout speedup (DARTS): the child's step and the dense supernet step in the default NCHW layout / in
+  channels-last NHWC (``oneshot.supernet.use_channels_last``, which the darts presets switch on).
+  ``--channels-last`` runs the ratios above in NHWC.
+
 Steps are interleaved and the median taken (``step_cost.compare``); ``--clock cpu --threads 1`` times CPU
 seconds, which a machine busy with other jobs disturbs far less than wall time.
 
-    python benchmarks/space_step_cost.py --space darts --threads 1 --clock cpu
+    python benchmarks/space_step_cost.py --space darts --threads 1 --clock cpu --channels-last
     python benchmarks/space_step_cost.py --space rnn --threads 1 --clock cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from step_cost import CLOCKS, compare, load_average, machine  # benchmarks/ is on sys.path when this runs
 
 from oneshot.spaces import create_space
+from oneshot.supernet import use_channels_last
 
 
 def darts_setup(args):
@@ -92,12 +98,25 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument("--channels-last", action="store_true", help="darts: NHWC networks (as the darts presets)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     space, arch, supernet, child, loss, per_op = (darts_setup if args.space == "darts" else rnn_setup)(args)
+    softmax = torch.softmax(torch.randn(len(space), space.max_choices), -1)
+    layouts = None
+    if args.space == "darts":  # NCHW copies before any conversion, and their NHWC twins
+        nchw = {"child": copy.deepcopy(child), "supernet_dense": copy.deepcopy(supernet)}
+        nhwc = {name: use_channels_last(copy.deepcopy(model)) for name, model in nchw.items()}
+        gated = {"child": (), "supernet_dense": (softmax, None)}
+        layouts = compare({f"{name}_{layout}": make_step(models[name], loss, gated[name])
+                           for name in nchw for layout, models in (("nchw", nchw), ("nhwc", nhwc))},
+                          max(3, args.repeats // 3), 1, torch.device("cpu"), args.clock)
+    if args.channels_last:
+        for model in (supernet, child, *per_op.values()):
+            use_channels_last(model)
     one_hot = torch.zeros(len(space), space.max_choices)
     one_hot[range(len(space)), list(arch)] = 1.0
     active = [[k] for k in arch]
@@ -106,6 +125,7 @@ def main():
                       "supernet_one_hot_unscaled": make_step(supernet, loss, (None, active)),
                       "child": make_step(child, loss)}, args.repeats, args.warmup, torch.device("cpu"), args.clock)
     result = {"machine": machine(), "space": args.space, "clock": args.clock, "batch": args.batch,
+              "layout": "nhwc" if args.channels_last else "nchw",
               "architecture": space.to_string(arch), "load_before": load,
               "network": ({"channels": args.channels, "cells": args.cells} if args.space == "darts"
                           else {"hidden": args.hidden, "bptt": args.bptt, "vocabulary": 10_000}),
@@ -113,12 +133,15 @@ def main():
               "one_hot_ratio": sparse["supernet_one_hot_gated"] / sparse["child"],
               "weight_step_ratio": sparse["supernet_one_hot_unscaled"] / sparse["child"]}
     if per_op:
-        softmax = torch.softmax(torch.randn(len(space), space.max_choices), -1)
         dense = compare({"supernet_dense": make_step(supernet, loss, (softmax, None)),
                          **{op: make_step(model, loss) for op, model in per_op.items()}},
                         max(3, args.repeats // 3), 1, torch.device("cpu"), args.clock)
         result["seconds"].update(dense)
         result["dense_ratio"] = dense["supernet_dense"] / sum(dense[op] for op in per_op)
+    if layouts:
+        result["seconds"].update(layouts)
+        result["nhwc_speedup"] = {name: layouts[f"{name}_nchw"] / layouts[f"{name}_nhwc"]
+                                  for name in ("child", "supernet_dense")}
     result["load_after"] = load_average()
     out = Path(args.out or f"benchmarks/results/space_step_cost_{args.space}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,9 @@ def cmd_shrink(args) -> int:
     from .shrinking import abs_shrink
     from .trainer import resolve_device
 
-    config = preset(args.preset, space=args.space, strategy="random", seed=args.seed,
+    # the preset's strategy stays: abs_shrink keeps a uniform sampler (the abs presets' abs_uniform) and trains
+    # with random for any other
+    config = preset(args.preset, space=args.space, seed=args.seed,
                     space_options=parse_assignments(args.space_option, "--space-option"),
                     **parse_assignments(args.set, "--set")).validated()
     out = args.out or f"runs/{config.space}-abs-{args.preset}-s{config.seed}"

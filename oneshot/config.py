@@ -40,6 +40,7 @@ class SearchConfig:
     op_style: str = "advantage"
     op_bn_affine: bool | None = None  # affine BN inside the cell ops (None: the op style's own choice)
     network_options: dict = field(default_factory=dict)  # more options for the space's networks, e.g. {"hidden": 64}
+    channels_last: bool = False  # NHWC weights and images (supernet.use_channels_last; the darts presets: faster)
     # data: first n_weight (shuffled) training images train the weights, the last n_arch train θ
     n_weight: int = 25_000
     n_arch: int = 25_000
@@ -182,7 +183,8 @@ ENAS_PAPER = dict(space_options={"cells": 8}, channels=16, epochs=100, warmup_ep
 # the paper reportedly split 25k/25k: we keep 25k for the weights (and θ, single-level) and 25k for DARTS's
 # bilevel arch steps, so the two searches see the same images. `cpu`: 5 cells at C=8, 5k + 5k images, 4 epochs,
 # α's lr raised (3e-4 -> 3e-3) for the ~40x fewer steps; `eval_child` tests the child without retraining.
-DARTS_PAPER = dict(space_options={"cells": 8, "drop_path": 0.3}, channels=16, epochs=150, warmup_epochs=0,
+DARTS_PAPER = dict(space_options={"cells": 8, "drop_path": 0.3}, channels=16, channels_last=True, epochs=150,
+                   warmup_epochs=0,
                    w_lr=0.025, w_nesterov=False, w_weight_decay=3e-4, w_grad_clip=5.0, log_every=100,
                    eval_child=True)
 # AdvantageNAS on PTB (spec advantagenas.md, "PTB RNN cell"): embedding/hidden 300, batch 256, BPTT 35, summed
@@ -206,7 +208,7 @@ SPACE_PRESETS: dict[str, dict[str, dict]] = {
     "darts": {
         "paper": DARTS_PAPER,
         "cpu": {**DARTS_PAPER, "space_options": {"cells": 5, "drop_path": 0.3}, "channels": 8, "batch_size": 32,
-                "n_weight": 5_000, "n_arch": 5_000, "epochs": 4, "a_lr": 3e-3, "log_every": 20,
+                "n_weight": 4_000, "n_arch": 4_000, "epochs": 4, "a_lr": 3e-3, "log_every": 20,
                 "checkpoint_every": 100},
         "smoke": {**DARTS_PAPER, "space_options": {"cells": 3, "drop_path": 0.3}, "channels": 4, "batch_size": 16,
                   "n_weight": 128, "n_arch": 128, "epochs": 2, "log_every": 4, "checkpoint_every": 8,

@@ -64,6 +64,7 @@ from torch import nn
 from .config import coerce
 from .errors import UserError
 from .runs import RunFolder, atomic_write, crash_point
+from .supernet import use_channels_last
 
 
 @dataclass
@@ -82,6 +83,7 @@ class RetrainConfig:
     dropout_input: float = 0.5    # rnn
     dropout_output: float = 0.5   # rnn
     child_options: dict = field(default_factory=dict)  # more build_child options (a space of your own)
+    channels_last: bool = False   # NHWC weights and images (supernet.use_channels_last; darts presets: faster)
     # data
     task_options: dict = field(default_factory=dict)   # added to the task's options (rnn cpu: fallback)
     n_train: int = 0              # training examples (images: the first of a fixed shuffle); 0 = all
@@ -164,7 +166,7 @@ _NB201 = dict(_NB201_TRAINING, channels=16, cells_per_stage=5, op_style="nb201")
 _ENAS = dict(channels=0, max_params=4.0e6, cells=20, epochs=600, batch_size=80, n_train=0, lr=0.025,
              momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4,
              drop_path=0.3)
-_DARTS = dict(channels=36, cells=20, pool_bn=True, epochs=600, batch_size=96, n_train=0, lr=0.025, momentum=0.9,
+_DARTS = dict(channels=36, cells=20, pool_bn=True, channels_last=True, epochs=600, batch_size=96, n_train=0, lr=0.025, momentum=0.9,
               nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4, drop_path=0.2)
 _RNN = dict(hidden=300, embedding=300, dropout_input=0.5, dropout_output=0.5, epochs=100, batch_size=256, lr=20.0,
             momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=0.25, augment=False, cutout=0)
@@ -310,6 +312,8 @@ class Retraining:
         torch.manual_seed(config.seed)
         self.network = network_options(space, self.arch, task, config)
         self.model = build_child(space, self.arch, task, self.network).to(self.device)
+        if config.channels_last:
+            use_channels_last(self.model)
         self.headed = hasattr(self.model, "auxiliary")  # returns (logits, aux_logits): the DARTS convention
         if config.aux_weight > 0 and getattr(self.model, "auxiliary", None) is None:
             raise UserError(f"space {space.name}'s child has no auxiliary head; set aux_weight=0")

@@ -241,10 +241,12 @@ def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop
                                 progress=progress, **darts_options)
     if darts_options:
         raise UserError(f"abs: {sorted(darts_options)} apply to the darts space only")
-    keep = {k: v for k, v in config.strategy_options.items() if k == "candidates"}
     # the supernet is trained by uniform single-path sampling: ABS's own per-cell sampler where the preset asks
     # for it (the `abs` presets), else one architecture shared by all cells
     sampler = config.strategy if config.strategy in UNIFORM_SAMPLERS else "random"
+    keep = {k: v for k, v in config.strategy_options.items() if k in ("candidates", "cells")}
+    if sampler == "abs_uniform":  # one sample per cell of the NB201 network this config builds
+        keep.setdefault("cells", 3 * config.cells_per_stage)
     config = config.replace(strategy=sampler, strategy_options=keep)
     check_space(create_space(config.space, **config.space_options))  # before hours of training, not after
     out = Path(out_dir)

@@ -262,6 +262,24 @@ class MixedOp(nn.Module):
         return out
 
 
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Lay out ``model``'s 4-D weights, and the images handed to its ``forward``, channels-last (NHWC).
+
+    On CPU, mkldnn runs depthwise convolutions and pools 2-7x faster in that layout (the DARTS and ENAS ops are
+    made of them: a DARTS supernet step is ~1.6x faster, a DARTS child's ~1.5x; ``benchmarks/space_step_cost.py
+    --channels-last``), and cuDNN prefers it too. Results differ from the default layout by float rounding only.
+    """
+    model.to(memory_format=torch.channels_last)
+
+    def images_to_nhwc(module, args):
+        if args and torch.is_tensor(args[0]) and args[0].dim() == 4:
+            return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+        return None
+
+    model.register_forward_pre_hook(images_to_nhwc)
+    return model
+
+
 def active_from_gates(gates: torch.Tensor) -> list[list[int]]:
     """Indices of the non-zero gate entries per row, read back to the host in one transfer."""
     nonzero = (gates.detach() != 0).cpu().tolist()

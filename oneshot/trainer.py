@@ -25,6 +25,7 @@ from .config import SearchConfig
 from .distributed import Group
 from .errors import UserError
 from .runs import RunFolder, crash_point
+from .supernet import use_channels_last
 from .spaces import create_space
 from .tasks import Task, as_task
 
@@ -118,6 +119,8 @@ class Search:
         except TypeError as e:  # an option this space's network does not take
             raise UserError(f"space {self.space.name!r} cannot build its network with these settings ({e}); "
                             "check --set network_options=...") from None
+        if config.channels_last:
+            use_channels_last(self.model)
         self.strategy = strategies.create(config.strategy, self.space, seed=config.seed, device=device,
                                           **{"lr": config.a_lr, **config.strategy_options})
         self.train_stream, self.val_stream = self.task.search_streams(

@@ -212,6 +212,22 @@ def test_shrink_then_search_the_kept_space(capsys, tmp_path, tiny_pickles):
     assert code == 2 and "pass the same --space" in one_error_line(err)
 
 
+def test_shrink_with_the_abs_preset_trains_with_abs_per_cell_sampler(capsys, tmp_path, tiny_pickles):
+    """`oneshot shrink --preset abs-cpu` trains ABS's supernet with its own sampler (abs_uniform), not random."""
+    out = tmp_path / "shrink"
+    small = ["--set", "n_weight=128", "--set", "n_arch=128", "--set", "epochs=1", "--set", "channels=4",
+             "--set", "cells_per_stage=1"]
+    code, _, err = run(capsys, "shrink", "--space", "nb201", "--preset", "abs-cpu", "--data", tiny_pickles,
+                     "--out", str(out), "--quiet", "--device", "cpu", *small)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategy"] == "abs_uniform" and config["op_style"] == "nb201" and config["w_keep_zero_grads"]
+    code, _, err = run(capsys, "shrink", "--space", "nb201", "--preset", "smoke", "--data", tiny_pickles,
+                       "--out", str(tmp_path / "smoke"), "--quiet", "--device", "cpu", *small[:4])
+    assert code == 0, err
+    assert json.loads((tmp_path / "smoke" / "config.json").read_text())["strategy"] == "random"
+
+
 def test_space_from_a_folder_without_shrink_result(capsys, tmp_path):
     code, _, err = run(capsys, "search", "--space-from", str(tmp_path), "--preset", "smoke")
     assert code == 2 and "--space-from" in one_error_line(err)

@@ -162,6 +162,65 @@ def test_top2_recovers_a_darts_cell_from_peaked_logits():
     assert SPACE.derive_top2(logits) == arch
 
 
+def test_darts_strategy_derives_darts_top2_cell_on_this_space_and_argmax_on_nb201():
+    from oneshot import strategies
+    from oneshot.spaces import create_space
+
+    arch = SPACE.from_string("darts_v2")
+    strategy = strategies.create("darts", SPACE, seed=0)
+    with torch.no_grad():
+        strategy.theta.zero_()
+        strategy.theta[torch.arange(28), torch.tensor(arch)] = 2.0
+        strategy.theta[:, 0] = 3.0                        # 'none' is every edge's argmax
+    assert strategy.derive() == arch                      # DARTS's genotype rule, not the per-edge argmax
+    argmax = strategies.create("darts", SPACE, seed=0, derive="argmax")
+    with torch.no_grad():
+        argmax.theta.copy_(strategy.theta)
+    assert argmax.derive() == (0,) * 28
+    nb201 = create_space("nb201")
+    other = strategies.create("darts", nb201, seed=0)
+    with torch.no_grad():
+        other.theta.copy_(torch.randn(other.theta.shape, generator=torch.Generator().manual_seed(0)))
+    assert other.derive() == tuple(other.theta.argmax(-1).tolist())
+    with pytest.raises(UserError, match="derive=argmax"):
+        strategies.create("darts", nb201, seed=0, derive="top2")
+    with pytest.raises(UserError, match="auto, top2 or argmax"):
+        strategies.create("darts", SPACE, seed=0, derive="best")
+
+
+def test_channels_last_supernet_and_child_compute_the_same_step():
+    """The darts presets lay networks out NHWC (faster on CPU): same logits and gradients as NCHW."""
+    from oneshot.supernet import use_channels_last
+
+    net, x = tiny_supernet(size=16)
+    gates = torch.softmax(torch.randn(28, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)), -1)
+    arch = SPACE.from_string("snas_moderate")
+    for model, forward in ((net, lambda m: m(x, gates=gates)),
+                           (child_from_supernet(SPACE, net, arch).double(), lambda m: m(x)[0])):
+        torch.manual_seed(0)
+        reference = forward(model)
+        reference.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        use_channels_last(model)
+        assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                   for p in model.parameters())
+        torch.manual_seed(0)                              # the same drop-path masks
+        out = forward(model)
+        out.square().sum().backward()
+        assert torch.allclose(out, reference, atol=1e-10)
+        assert all(torch.allclose(p.grad, g, atol=1e-9) for p, g in zip(model.parameters(), grads))
+
+
+def test_darts_presets_use_channels_last():
+    from oneshot.config import preset
+    from oneshot.retrain import retrain_preset
+
+    assert preset("cpu", space="darts").channels_last and preset("paper", space="darts").channels_last
+    assert not preset("cpu", space="nb201").channels_last            # NB201 runs stay bit-identical
+    assert retrain_preset("cpu", "darts").channels_last and not retrain_preset("cpu", "nb201").channels_last
+
+
 # --- networks ------------------------------------------------------------------------------------------------
 def tiny_supernet(seed=0, cells=4, size=8):
     torch.manual_seed(seed)

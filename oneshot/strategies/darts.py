@@ -33,6 +33,11 @@ Differences, on purpose:
   running statistics alone; these move once, in the validation pass at w' (DARTS's three training passes move
   them, its validation pass on a copy does not);
 - the arch-step loss logged is L_val(w', a); one process only (micro-batches work).
+
+Derivation (``derive``): ``top2`` is DARTS's genotype rule (per node the two incoming edges whose strongest
+non-``none`` op weighs most, with that op; cnn/model_search.py ``genotype``), ``argmax`` the op of largest weight
+on every edge (the AdvantageNAS code's rule on NB201, ``none`` included). ``auto`` (default): ``top2`` on a space
+that has the rule and ``none`` on every edge (the DARTS CNN space), ``argmax`` elsewhere.
 """
 
 from __future__ import annotations
@@ -51,11 +56,19 @@ class DARTS(ThetaStrategy):
     unrolled_clip = True      # the virtual step clips as the weight step does (``virtual_clip``)
 
     def __init__(self, space, seed: int = 0, device="cpu", lr: float | None = 3e-4, order: int = 1,
-                 virtual_clip: bool = True, **theta_options):
+                 virtual_clip: bool = True, derive: str = "auto", **theta_options):
         """``order``: 1, the gradient at the current weights; 2, DARTS's unrolled gradient. ``virtual_clip``
-        (order 2): the virtual step clips its gradient as the weight step does (DARTS's RNN code) or not (CNN)."""
+        (order 2): the virtual step clips its gradient as the weight step does (DARTS's RNN code) or not (CNN).
+        ``derive``: auto, top2 or argmax (module docstring)."""
         if order not in (1, 2):
             raise UserError(f"strategy 'darts': --hp order must be 1 (first order) or 2 (unrolled), got {order}")
+        top2_possible = hasattr(space, "derive_top2") and all("none" in d.choices for d in space.decisions)
+        if derive not in ("auto", "top2", "argmax"):
+            raise UserError(f"strategy 'darts': --hp derive must be auto, top2 or argmax, got {derive!r}")
+        if derive == "top2" and not top2_possible:
+            raise UserError(f"strategy 'darts': the {space.name} space has no top-2 rule here (it needs 'none' on "
+                            "every edge); use --hp derive=argmax")
+        self.top2 = derive == "top2" or (derive == "auto" and top2_possible)
         super().__init__(space, seed, device, lr, **theta_options)
         self.order = order
         self.arch_gradient = "unrolled" if order == 2 else "direct"
@@ -64,6 +77,11 @@ class DARTS(ThetaStrategy):
     def ask(self, phase: str) -> list[Sample]:
         gates = self.probabilities()
         return [Sample(gates, None, tuple(gates.argmax(-1).tolist()))]
+
+    def derive(self):
+        if self.top2:
+            return self.space.derive_top2(self.logits().detach())
+        return super().derive()
 
     def tell(self, samples, losses, gate_grads, phase):
         if phase != "arch":
