@@ -247,9 +247,6 @@ def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop
     keep = {k: v for k, v in config.strategy_options.items() if k in ("candidates", "cells")}
     if sampler == "abs_uniform":  # one sample per cell of the NB201 network this config builds
         keep.setdefault("cells", 3 * config.cells_per_stage)
-    # the supernet's own result (best of N sampled children on validation data) is not what a shrink is for, and
-    # validating 100 children of ABS's C=16, N=5 supernet takes minutes: one sampled child
-    keep.setdefault("candidates", 1)
     config = config.replace(strategy=sampler, strategy_options=keep)
     check_space(create_space(config.space, **config.space_options))  # before hours of training, not after
     out = Path(out_dir)
@@ -258,6 +255,9 @@ def abs_shrink(config, data, out_dir, device: str | torch.device = "cpu", n_drop
     with RunFolder(out, config.to_dict(), resume=resume, overwrite=overwrite,
                    defaults=type(config)().to_dict()) as folder:
         search = Search(config, data, torch.device(device))
+        # the sampler's own result (the best of its candidates on validation data) is not what a shrink is for,
+        # and validating 100 children of ABS's C=16, N=5 supernet takes longer than an epoch: one sampled child
+        search.strategy.derive_by_validation = 1
         theta0_file = out / "theta0.pt"
         (out / "shrink.json").unlink(missing_ok=True)  # a stale result must not outlive a new run
         if folder.resumed_state is not None:
