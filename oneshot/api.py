@@ -119,9 +119,16 @@ def kept_choices(run_dir: str, config: SearchConfig) -> dict:
     """The choices an ABS run kept, checked against the space the user asked for."""
     from .shrinking import load_shrunk_space
 
+    from .spaces import create_space
+
     space = load_shrunk_space(run_dir)  # checks that the file is there and readable
     record = json.loads(Path(run_dir, "shrink.json").read_text())
-    if record["space"] != config.space or record["space_options"] != config.space_options:
+
+    def decisions(name, options):  # options that only restate a default (ops=4) name the same space
+        return [(d.name, tuple(d.choices)) for d in create_space(name, **options).decisions]
+
+    if record["space"] != config.space or (record["space_options"] != config.space_options and decisions(
+            record["space"], record["space_options"]) != decisions(config.space, config.space_options)):
         raise UserError(f"{run_dir} shrank {record['space']} {record['space_options']}, not {config.space} "
                         f"{config.space_options}; pass the same --space and --space-option")
     return {d.name: list(d.choices) for d in space.decisions}

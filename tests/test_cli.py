@@ -207,6 +207,10 @@ def test_shrink_then_search_the_kept_space(capsys, tmp_path, tiny_pickles):
     edge_names = ["edge10", "edge20", "edge21", "edge30", "edge31", "edge32"]
     assert len(chosen) == 6 and all(op in kept[name] for op, name in zip(chosen, edge_names))
     assert json.loads((run_dir / "config.json").read_text())["restrict"] == kept
+    code, _, err = run(capsys, "search", "--space-from", str(shrink_dir), "--space-option", "ops=4", "--strategy",
+                       "advantage", "--preset", "smoke", "--data", tiny_pickles, "--out", str(tmp_path / "ops4"),
+                       "--quiet", "--device", "cpu", *small)
+    assert code == 0, err                                 # ops=4 restates the default: the same space
     code, _, err = run(capsys, "search", "--space-from", str(shrink_dir), "--space-option", "ops=5", "--preset",
                        "smoke", "--data", tiny_pickles, "--out", str(tmp_path / "other"), *small)
     assert code == 2 and "pass the same --space" in one_error_line(err)
