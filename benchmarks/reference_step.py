@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -56,8 +57,9 @@ def cuda_is_identity(device):
 
 def reference_network(directory: str, channels: int, cells: int, alpha, device):
     sys.path.insert(0, str(Path(directory, "cnn").resolve()))  # it imports ``operations``, ``genotypes`` flat
-    from genotypes import PRIMITIVES
-    from model_search import Network
+    # modules of the user's checkout, not dependencies of this project: imported by name at run time
+    PRIMITIVES = importlib.import_module("genotypes").PRIMITIVES
+    Network = importlib.import_module("model_search").Network
 
     with cuda_is_identity(device):
         net = Network(channels, 10, cells, torch.nn.CrossEntropyLoss()).to(device)
