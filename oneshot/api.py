@@ -118,7 +118,6 @@ def config_of_run(out: str | os.PathLike) -> SearchConfig:
 def kept_choices(run_dir: str, config: SearchConfig) -> dict:
     """The choices an ABS run kept, checked against the space the user asked for."""
     from .shrinking import load_shrunk_space
-
     from .spaces import create_space
 
     space = load_shrunk_space(run_dir)  # checks that the file is there and readable

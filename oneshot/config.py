@@ -182,16 +182,15 @@ ENAS_PAPER = dict(space_options={"cells": 8}, channels=16, epochs=100, warmup_ep
 # 3e-4 (the strategy's own settings). The official code trains on all 50k images and only monitors the test set;
 # the paper reportedly split 25k/25k: we keep 25k for the weights (and θ, single-level) and 25k for DARTS's
 # bilevel arch steps, so the two searches see the same images. `eval_child` tests the child without retraining.
-# `cpu` (≈ 12 min on 2 idle cores for SNAS): 5 cells at C=8, 4k + 4k images, batch 32, 4 epochs; α's lr raised
-# (3e-4 -> 3e-3) for the ~300x fewer steps; supernet and child without retraining tested on 2,000 test images
-# (a fixed random subset; all 10,000 take the dense supernet longer than a third of the search). Two changes for a supernet trained for minutes, each measured at this
-# budget (README, SNAS/DARTS): no drop-path (with 0.3 the SNAS supernet's training loss was still 2.37 after 120
-# steps, 2.15 without), and one warm-up epoch of weights only before α moves (without it the young supernet's
-# gradient favours `none` on most edges, penalty or not; the official single-GPU code's α, plain SGD at 3e-4,
-# hardly moves in its first epochs either).
+# `cpu` (SNAS: about 12 min on 2 idle cores): 5 cells at C=8, 4k + 4k images, batch 32, 4 epochs; α's lr raised
+# (3e-4 -> 3e-3) for the ~300x fewer steps; supernet and child without retraining tested on 2,000 test images (a
+# fixed random subset: all 10,000 take the dense supernet a third of the search). Two changes for a supernet
+# trained for minutes, each measured at this budget (README, SNAS/DARTS): no drop-path (with 0.3 the SNAS
+# supernet's training loss was still 2.37 after 120 steps, 2.15 without), and one warm-up epoch of weights only
+# before α moves (without it the young supernet's gradient favours `none` on most edges, penalty or not; the
+# official single-GPU code's α, plain SGD at 3e-4, hardly moves in its first epochs either).
 DARTS_PAPER = dict(space_options={"cells": 8, "drop_path": 0.3}, channels=16, channels_last=True, epochs=150,
-                   warmup_epochs=0,
-                   w_lr=0.025, w_nesterov=False, w_weight_decay=3e-4, w_grad_clip=5.0, log_every=100,
+                   warmup_epochs=0, w_lr=0.025, w_nesterov=False, w_weight_decay=3e-4, w_grad_clip=5.0, log_every=100,
                    eval_child=True)
 # AdvantageNAS on PTB (spec advantagenas.md, "PTB RNN cell"): embedding/hidden 300, batch 256, BPTT 35, summed
 # per-step losses, no warm-up, arch steps on training batches (the task hands both steps one stream), weights by

@@ -166,8 +166,8 @@ _NB201 = dict(_NB201_TRAINING, channels=16, cells_per_stage=5, op_style="nb201")
 _ENAS = dict(channels=0, max_params=4.0e6, cells=20, epochs=600, batch_size=80, n_train=0, lr=0.025,
              momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4,
              drop_path=0.3)
-_DARTS = dict(channels=36, cells=20, pool_bn=True, channels_last=True, epochs=600, batch_size=96, n_train=0, lr=0.025, momentum=0.9,
-              nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4, drop_path=0.2)
+_DARTS = dict(channels=36, cells=20, pool_bn=True, channels_last=True, epochs=600, batch_size=96, n_train=0,
+              lr=0.025, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, cutout=16, aux_weight=0.4, drop_path=0.2)
 _RNN = dict(hidden=300, embedding=300, dropout_input=0.5, dropout_output=0.5, epochs=100, batch_size=256, lr=20.0,
             momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=0.25, augment=False, cutout=0)
 _INPAINTING = dict(epochs=500, batch_size=16, optimizer="adam", schedule="step", lr=1e-3, weight_decay=0.0,
