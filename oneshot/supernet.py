@@ -265,7 +265,7 @@ class MixedOp(nn.Module):
 def use_channels_last(model: nn.Module) -> nn.Module:
     """Lay out ``model``'s 4-D weights, and the images handed to its ``forward``, channels-last (NHWC).
 
-    On CPU, mkldnn runs depthwise convolutions and pools 2-7x faster in that layout (the DARTS and ENAS ops are
+    On CPU, mkldnn runs depthwise convolutions and pools much faster in that layout (the DARTS and ENAS ops are
     made of them: a dense DARTS supernet step is 1.78x faster, a DARTS child's 1.37x; ``benchmarks/space_step_cost.py
     --space darts``). Not measured on a GPU. Results differ from the default layout by float rounding only.
     """
